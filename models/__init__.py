@@ -1,0 +1,36 @@
+"""Keras model builders, looked up by the config's `model.name`.
+
+Every builder takes `input_shape`, `num_classes` and its own keyword
+arguments (the config's `model.params`) and returns an uncompiled
+`keras.Model`; tfpipe's training loop supplies optimizer, loss and metrics.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from models import cnn, mlp
+
+# Dispatch by plain dict: add a model by adding a line here.
+MODELS = {
+    "mlp": mlp.build,
+    "cnn": cnn.build,
+}
+
+
+def check(name: str, params: dict, where: str = "config") -> None:
+    """Raises ValueError if the model is unknown or its params do not fit the builder."""
+    if name not in MODELS:
+        raise ValueError(f"{where}: model.name: expected one of {', '.join(sorted(MODELS))}, got {name!r}")
+    sig = inspect.signature(MODELS[name])
+    try:
+        sig.bind(None, None, **params)
+    except TypeError as e:
+        accepted = ", ".join(list(sig.parameters)[2:])
+        raise ValueError(f"{where}: model.params ({name}): {e}; accepted: {accepted}") from None
+
+
+def build(name: str, input_shape, num_classes: int, params: dict):
+    """The model `name` built for `input_shape` features and `num_classes` outputs."""
+    check(name, params)
+    return MODELS[name](input_shape, num_classes, **params)

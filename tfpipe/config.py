@@ -1,0 +1,369 @@
+"""The typed config tree: YAML in, frozen dataclasses out.
+
+One tree describes a run. `load(path, overrides)` reads a YAML file, applies
+`a.b.c=value` overrides on top, rejects unknown keys (naming the closest valid
+one), wrong types and out-of-range values, and returns a frozen `Config`.
+`dump(cfg, path)` writes the resolved tree so that loading it again
+reproduces the run.
+
+Example:
+
+```python
+cfg = tfpipe.load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
+cfg.train.epochs  # 5
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not describe a valid run."""
+
+
+def _field(default, *, min=None, max=None, choices=None, doc=""):
+    """A dataclass field with a range or a set of choices checked at load."""
+    meta = {"min": min, "max": max, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _section(cls):
+    return dataclasses.field(default_factory=cls)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """How a source without its own splits is cut into train/validation/test."""
+
+    validation: float = _field(0.1, min=0.0, max=0.9)
+    test: float = _field(0.2, min=0.0, max=0.9)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShuffleConfig:
+    # 0 turns shuffling off. The default holds all of the digits training split.
+    buffer_size: int = _field(2048, min=0)
+    # A fixed seed makes the order reproducible, which exact resume relies on.
+    seed: Optional[int] = 0
+    reshuffle_each_iteration: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MapConfig:
+    # -1 is tf.data.AUTOTUNE; 1 is the sequential recipe.
+    num_parallel_calls: int = _field(-1, min=-1)
+    # Preprocessing steps, in order: [{op: rescale, scale: 0.0625}, ...].
+    # The ops and their arguments live in tfpipe/data/preprocess.py.
+    steps: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"
+    split: SplitConfig = _section(SplitConfig)
+    # How input pipelines (one per worker) divide the data: auto, file, data, off.
+    shard_policy: str = _field("auto", choices=("auto", "file", "data", "off"))
+    # "" = no cache, "memory", or a file path prefix for an on-disk cache.
+    cache: str = "memory"
+    shuffle: ShuffleConfig = _section(ShuffleConfig)
+    map: MapConfig = _section(MapConfig)
+    # Training batches are always full when the stream repeats; this applies
+    # to evaluation batches and to non-repeating training data.
+    drop_remainder: bool = False
+    # -1 is tf.data.AUTOTUNE, 0 turns prefetching off.
+    prefetch: int = _field(-1, min=-1)
+    deterministic: bool = True
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    # A key of models.MODELS.
+    name: str = "mlp"
+    # Keyword arguments of the builder; checked against its signature.
+    params: dict = _field({})
+    loss: str = _field(
+        "categorical_crossentropy",
+        choices=("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    # Any name keras.optimizers.get understands: adam, sgd, rmsprop, adamw, ...
+    name: str = "adam"
+    learning_rate: float = _field(1e-3, min=0.0)
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # Global batch: split evenly across replicas.
+    batch_size: int = _field(32, min=1)
+    epochs: int = _field(50, min=1)
+    # Steps run inside one tf.function call: amortises Python and dispatch
+    # overhead. Clipped at epoch ends.
+    steps_per_loop: int = _field(50, min=1)
+    # 0 = one epoch is one pass over the training split.
+    steps_per_epoch: int = _field(0, min=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_epochs: int = _field(1, min=1)
+    keep: int = _field(3, min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    strategy: str = _field("default", choices=("default", "mirrored"))
+    # Split the host CPU into this many logical devices (0 = leave as is), so
+    # that a multi-replica strategy can be tried on a machine without GPUs.
+    logical_cpus: int = _field(0, min=0)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = _section(DataConfig)
+    model: ModelConfig = _section(ModelConfig)
+    optimizer: OptimizerConfig = _section(OptimizerConfig)
+    train: TrainConfig = _section(TrainConfig)
+    checkpoint: CheckpointConfig = _section(CheckpointConfig)
+    runtime: RuntimeConfig = _section(RuntimeConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a YAML config, applies overrides, and returns a validated tree.
+
+    Args:
+        path: YAML file; None starts from the defaults.
+        overrides: strings `a.b.c=value`; the value is parsed as YAML, so
+            `train.epochs=5` gives an int and `data.cache=""` an empty string.
+
+    Returns:
+        A frozen `Config`.
+
+    Raises:
+        ConfigError: naming the file or override, the key and what was
+            expected, for unknown keys, wrong types and values out of range.
+    """
+    raw: dict = {}
+    where = "<defaults>"
+    if path is not None:
+        where = os.fspath(path)
+        try:
+            with open(where, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such config file") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    cfg = _build(Config, raw, prefix="", where=where)
+    for item in overrides:
+        cfg = _apply_override(cfg, item)
+    _check_cross_field(cfg, where)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    """The config tree as plain dicts, lists and scalars (YAML-safe)."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def dump(cfg: Config, path: str | os.PathLike) -> None:
+    """Writes the resolved config; `load(path)` gives back an equal tree."""
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def replace(cfg: Config, **sections) -> Config:
+    """A copy of `cfg` with whole sections replaced, e.g. `replace(cfg, train=...)`."""
+    return dataclasses.replace(cfg, **sections)
+
+
+def _apply_override(cfg: Config, item: str) -> Config:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected the form a.b.c=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    tree = to_dict(cfg)
+    node = tree
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            _unknown_key(".".join(parts[: depth + 1]), f"override {item!r}")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        # Free-form dicts (model.params) accept new keys; their builder checks them.
+        if not (isinstance(node, dict) and _is_free_form(parts[:-1])):
+            _unknown_key(key, f"override {item!r}")
+    node[parts[-1]] = value
+    return _build(Config, tree, prefix="", where=f"override {item!r}")
+
+
+def _is_free_form(parts) -> bool:
+    cls: Any = Config
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return False
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return cls is dict
+
+
+def _all_keys(cls=Config, prefix="") -> list[str]:
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        if dataclasses.is_dataclass(tp):
+            keys.extend(_all_keys(tp, dotted + "."))
+    return keys
+
+
+def _unknown_key(dotted: str, where: str):
+    close = difflib.get_close_matches(dotted, _all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{where}: unknown key {dotted!r}{hint}")
+
+
+def _build(cls, raw, prefix: str, where: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            _unknown_key(f"{prefix}{key}", where)
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        dotted = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], dotted + ".", where)
+        else:
+            values[name] = _coerce(raw[name], tp, dotted, where)
+            _check_range(values[name], f.metadata, dotted, where)
+    return cls(**values)
+
+
+def _show(value) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _coerce(value, tp, dotted: str, where: str):
+    def fail(expected):
+        raise ConfigError(f"{where}: {dotted}: expected {expected}, got {_show(value)}")
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], dotted, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            fail("a mapping")
+        return value
+    if tp is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        return tuple(value)
+    raise TypeError(f"config field {dotted} has unsupported type {tp}")
+
+
+def _check_range(value, meta, dotted: str, where: str):
+    if value is None:
+        return
+    lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {dotted}: expected one of {', '.join(choices)}, got {value!r}{hint}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: {dotted}: expected a value >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {dotted}: expected a value <= {hi}, got {value!r}")
+
+
+def _check_cross_field(cfg: Config, where: str):
+    split = cfg.data.split
+    if split.validation + split.test >= 1.0:
+        raise ConfigError(
+            f"{where}: data.split: validation + test must leave some training data, "
+            f"got {split.validation} + {split.test} >= 1"
+        )
+    # Checked here rather than at build time so a typo fails before training starts.
+    from tfpipe.data import preprocess, sources  # pylint: disable=import-outside-toplevel
+    import models  # pylint: disable=import-outside-toplevel
+
+    if cfg.data.source not in sources.SOURCES:
+        raise ConfigError(
+            f"{where}: data.source: expected one of {', '.join(sorted(sources.SOURCES))}, got {cfg.data.source!r}"
+        )
+    try:
+        preprocess.check_steps(cfg.data.map.steps, where=where)
+        models.check(cfg.model.name, cfg.model.params, where=where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
