@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from typing import Any, Optional
@@ -28,6 +29,24 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file or override that does not describe a valid run."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no
+    as booleans, which would turn `cache: off` into False with no warning."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:bool"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml(text):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 def _field(default, *, min=None, max=None, choices=None, doc=""):
@@ -176,7 +195,7 @@ def load(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] 
         where = os.fspath(path)
         try:
             with open(where, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
+                raw = _yaml(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"{where}: no such config file") from None
         except yaml.YAMLError as e:
@@ -222,7 +241,7 @@ def _apply_override(cfg: Config, item: str) -> Config:
     if not sep or not key:
         raise ConfigError(f"override {item!r}: expected the form a.b.c=value")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = _yaml(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
     tree = to_dict(cfg)

@@ -114,12 +114,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         )
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         train_metrics = _Metrics(cfg.model.loss, "train")
         eval_metrics = _Metrics(cfg.model.loss, "eval")
     # The functional form returns one loss per example; tf.nn.compute_average_loss
     # then divides by the global batch, which is right for any replica count.
     loss_fn = keras.losses.get(cfg.model.loss)
+    # Created outside the scope: a plain variable that Python can read with
+    # int() under any strategy (a MirroredVariable cannot be).
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
     def train_step(features, labels):
         with tf.GradientTape() as tape:
@@ -191,7 +193,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         with writers["train"].as_default(step=int(step)):
             for name, value in result.items():
                 tf.summary.scalar(name, value)
-            tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+            tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
             tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
         if "validation" in eval_datasets:
             val = evaluate("validation")
