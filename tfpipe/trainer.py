@@ -23,8 +23,9 @@ import keras
 import tensorflow as tf
 
 import models
+from tfpipe import checkpointing
 from tfpipe import config as config_lib
-from tfpipe import distribute
+from tfpipe import distribute, faults, train_input
 from tfpipe.data import pipeline, sources
 
 _ACCURACY = {
@@ -98,7 +99,12 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     def input_fn(split, training):
         return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
 
-    train_iterator = iter(strategy.distribute_datasets_from_function(input_fn("train", True)))
+    train_data = train_input.TrainInput(
+        strategy,
+        cfg.checkpoint.input,
+        lambda ctx: pipeline.build(cfg.data, "train", global_batch, ctx, training=True),
+        cfg.data,
+    )
     eval_datasets = {
         split: strategy.distribute_datasets_from_function(input_fn(split, False))
         for split in ("validation", "test")
@@ -122,8 +128,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # Created outside the scope: a plain variable that Python can read with
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
 
-    def train_step(features, labels):
+    def compute_step(features, labels):
         with tf.GradientTape() as tape:
             predictions = model(features, training=True)
             per_example = loss_fn(labels, predictions)
@@ -131,13 +138,21 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
+        return grads, (per_example, labels, predictions), loss, nonfinite.flags(loss, grads)
+
+    def apply_step(grads, outputs):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        train_metrics.update(per_example, labels, predictions)
+        train_metrics.update(*outputs)
 
     @tf.function
     def train_loop(iterator, num_steps):
         for _ in tf.range(num_steps):
-            strategy.run(train_step, args=next(iterator))
+            # Gradients are checked before they are applied (tfpipe/faults.py).
+            grads, outputs, loss, bad = strategy.run(compute_step, args=train_data.next_batch(iterator))
+            if nonfinite.check(strategy, step, loss, bad):
+                strategy.run(apply_step, args=(grads, outputs))
+            elif nonfinite.stops:
+                break
             step.assign_add(1)
 
     def eval_step(features, labels):
@@ -155,16 +170,17 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         return eval_metrics.result()
 
     # ---------------------------------------------------------------- Restore
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(workdir / "checkpoints"), max_to_keep=cfg.checkpoint.keep, step_counter=step
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    checkpointer = checkpointing.Checkpointer(
+        workdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
+        model=model, optimizer=optimizer, random=checkpointing.random_state(model),
+        nonfinite_skipped=nonfinite.skipped, **train_data.trackables,
+    )  # fmt: skip
+    if checkpointer.restore():
         _say(
-            f"resuming from {manager.latest_checkpoint} at step {int(step)} "
-            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs})"
+            f"resuming from {checkpointer.latest} at step {int(step)} "
+            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
+    train_data.start(int(step))
 
     # ---------------------------------------------------------------- Loop
     writers = {
@@ -179,10 +195,17 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         train_metrics.reset()
         epoch_steps, epoch_seconds = 0, 0.0
         while int(step) < epoch_end:
-            n = min(cfg.train.steps_per_loop, epoch_end - int(step))
+            n = min(cfg.train.steps_per_loop, epoch_end - int(step), checkpointer.steps_to_next(int(step)))
             start = time.perf_counter()
-            train_loop(train_iterator, tf.constant(n, tf.int64))
+            train_loop(train_data.iterator, tf.constant(n, tf.int64))
             result = train_metrics.result()  # reading the metric waits for the steps to finish
+            nonfinite.after_loop(checkpointer.latest)  # raises NonFiniteError under "stop"
+            if checkpointer.due(int(step)) or faults.preemption_requested():
+                checkpointer.save(int(step))
+            if faults.preemption_requested():
+                for writer in writers.values():
+                    writer.flush()
+                raise faults.Preempted(int(step), checkpointer.latest)
             seconds = time.perf_counter() - start
             epoch_steps, epoch_seconds = epoch_steps + n, epoch_seconds + seconds
             if warm:  # the first call of a process includes tracing: not counted
@@ -202,7 +225,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                     tf.summary.scalar(name, value)
             _say(f"validation loss {val['loss']:.4f} accuracy {val['accuracy']:.4f}")
         if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or int(step) >= total_steps:
-            manager.save(checkpoint_number=int(step))
+            checkpointer.save(int(step))
     for writer in writers.values():
         writer.flush()
 
@@ -221,6 +244,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
         "epochs": cfg.train.epochs,
         "steps": int(step),
+        "nonfinite_skipped": int(nonfinite.skipped),
     }
     with open(workdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
