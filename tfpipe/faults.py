@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 
@@ -72,14 +73,12 @@ def preemption_requested() -> bool:
 class NonFiniteGuard:
     """Checks each step for non-finite loss or gradients and applies the policy.
 
-    The compiled loop runs, per step:
+    The compiled loop runs, per step (index = the number of steps done before it):
 
     ```python
     grads, outputs, loss, bad = strategy.run(compute, args=...)  # bad = guard.flags(loss, grads)
-    if guard.check(strategy, step, loss, bad):
+    if guard.check(strategy, index, loss, bad):
         strategy.run(apply, args=(grads, outputs))
-    elif guard.stops:
-        break
     ```
 
     The check sits between computing and applying gradients, in cross-replica
@@ -87,9 +86,13 @@ class NonFiniteGuard:
     function fails under MirroredStrategy (its gradient all-reduce may not sit
     in control flow), while a conditional around a second `strategy.run` works.
 
+    Under "stop", once a step failed no later step is applied either, so the
+    state stays the one before the failing step even though Python learns
+    of it only at its next read-back (`after_loop`), which then raises.
+
     Args:
         policy: `train.on_nonfinite`, "stop" or "skip".
-        max_skipped: with "skip", stop anyway once this many batches were skipped:
+        max_skipped: with "skip", stop anyway once more batches were skipped:
             a run whose every batch fails is broken, not unlucky.
     """
 
@@ -100,46 +103,51 @@ class NonFiniteGuard:
         self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_skipped")
         self.last_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_last_step")
         self.last_bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="nonfinite_last_loss")
-        self.last_bad_grads = tf.Variable(False, trainable=False, name="nonfinite_last_grads")
         self._reported = 0
 
     @staticmethod
     def flags(loss, grads):
-        """In a replica: int32 [loss non-finite, any gradient non-finite]."""
+        """In a replica: int32 [loss non-finite, any gradient non-finite] (summed over replicas later)."""
         grads_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
         return tf.cast(tf.stack([~tf.math.is_finite(loss), ~grads_ok]), tf.int32)
 
-    def check(self, strategy, step, loss, flags):
-        """In the compiled loop: True if the step may be applied; records it otherwise."""
+    def check(self, strategy, index, loss, flags):
+        """In the compiled loop: True if the step's update may be applied; records a bad step."""
         bad = strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
-        ok = tf.reduce_sum(bad) == 0
-        if not ok:
-            # 1-based: the step that would have been number step + 1.
-            self.last_bad_step.assign(step + 1)
-            self.last_bad_loss.assign(strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None))
-            self.last_bad_grads.assign(bad[1] > 0)
-            self.skipped.assign_add(1)
-        return ok
+        batch_ok = tf.reduce_sum(bad) == 0
+        none_before = self.skipped == 0
+        # Under "stop" the first bad step is the one to report; under "skip" the latest.
+        record = tf.logical_and(~batch_ok, tf.logical_or(none_before, not self.stops))
+        total_loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        self.last_bad_step.assign(tf.where(record, tf.cast(index, tf.int64) + 1, self.last_bad_step))
+        self.last_bad_loss.assign(tf.where(record, tf.cast(total_loss, tf.float32), self.last_bad_loss))
+        self.skipped.assign_add(tf.cast(~batch_ok, tf.int64))
+        return tf.logical_and(batch_ok, none_before) if self.stops else batch_ok
 
     def after_loop(self, last_checkpoint: str | None) -> None:
-        """In Python after each loop call: reports skips, raises under "stop" or too many skips."""
+        """In Python, when the loop's results are read back: reports skips; raises under "stop" or too many skips.
+
+        `skipped` counts this process's bad batches (it is not checkpointed).
+        """
         skipped = int(self.skipped)
         if skipped == self._reported:
             return
         new, self._reported = skipped - self._reported, skipped
+        # 1-based: the step that was number index + 1.
         step, loss = int(self.last_bad_step), float(self.last_bad_loss)
-        what = f"non-finite gradients (loss {loss:g})" if bool(self.last_bad_grads) and loss == loss and abs(
-            loss) != float("inf") else f"non-finite loss ({loss:g})"
+        # The summed loss is non-finite if any replica's is; a finite one means the gradients were not.
+        what = f"non-finite gradients (loss {loss:g})" if math.isfinite(loss) else f"non-finite loss ({loss:g})"
         if self.stops or skipped > self.max_skipped:
             why = (
                 "train.on_nonfinite is stop" if self.stops
                 else f"{skipped} batches skipped, more than train.max_skipped_steps={self.max_skipped}"
             )
             raise NonFiniteError(
-                f"{what} at step {step}; stopping ({why}). The update of step {step} was not applied; "
+                f"{what} at step {step}; stopping ({why}). Updates from step {step} on were not applied; "
                 f"last good checkpoint: {last_checkpoint or 'none yet'}. Lower optimizer.learning_rate "
                 f"or check the input data; train.on_nonfinite: skip drops such batches instead."
             )
-        msg = f"{what} at step {step}: batch skipped" + (f" ({new} batches in this loop)" if new > 1 else "")
+        msg = f"{what} at step {step}: batch skipped" + (
+            f" ({new} batches skipped since the last report, this the last)" if new > 1 else "")
         logging.warning(msg)
         print(f"[tfpipe] warning: {msg}", flush=True)

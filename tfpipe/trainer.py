@@ -99,12 +99,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     def input_fn(split, training):
         return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
 
-    train_data = train_input.TrainInput(
-        strategy,
-        cfg.checkpoint.input,
-        lambda ctx: pipeline.build(cfg.data, "train", global_batch, ctx, training=True),
-        cfg.data,
-    )
+    train_data = train_input.TrainInput(strategy, cfg.checkpoint.input, input_fn("train", True), cfg.data)
     eval_datasets = {
         split: strategy.distribute_datasets_from_function(input_fn(split, False))
         for split in ("validation", "test")
@@ -144,16 +139,31 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         train_metrics.update(*outputs)
 
+    def train_step(iterator, index):
+        # Gradients are checked before they are applied (tfpipe/faults.py).
+        grads, outputs, loss, bad = strategy.run(compute_step, args=train_data.next_batch(iterator))
+        if nonfinite.check(strategy, index, loss, bad):
+            strategy.run(apply_step, args=(grads, outputs))
+
     @tf.function
     def train_loop(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            # Gradients are checked before they are applied (tfpipe/faults.py).
-            grads, outputs, loss, bad = strategy.run(compute_step, args=train_data.next_batch(iterator))
-            if nonfinite.check(strategy, step, loss, bad):
-                strategy.run(apply_step, args=(grads, outputs))
-            elif nonfinite.stops:
-                break
-            step.assign_add(1)
+        for i in tf.range(num_steps):
+            train_step(iterator, step + i)
+        step.assign_add(num_steps)
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
+
+    # One step per call needs no graph while-loop around it; at
+    # steps_per_loop=1 the loop's own cost is a measurable share of a step.
+    @tf.function
+    def train_once(iterator):
+        train_step(iterator, step.read_value())
+        step.assign_add(1)
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
+
+    def train_call(n: int):
+        if n == 1:
+            return train_once(train_data.iterator)
+        return train_loop(train_data.iterator, tf.constant(n, tf.int64))
 
     def eval_step(features, labels):
         predictions = model(features, training=False)
@@ -173,7 +183,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     checkpointer = checkpointing.Checkpointer(
         workdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
         model=model, optimizer=optimizer, random=checkpointing.random_state(model),
-        nonfinite_skipped=nonfinite.skipped, **train_data.trackables,
+        **train_data.trackables,
     )  # fmt: skip
     if checkpointer.restore():
         _say(
@@ -186,46 +196,60 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     writers = {
         name: tf.summary.create_file_writer(str(workdir / "logs" / name)) for name in ("train", "validation")
     }
-    timed_steps, timed_seconds, warm = 0, 0.0, False
-    while int(step) < total_steps:
-        epoch = int(step) // steps_per_epoch
+    # Throughput counts only loop calls, and not the first call of the process
+    # (it traces and compiles). Results are read back (a host sync) only when
+    # the progress bar is due to redraw and at epoch ends, so Python queues the
+    # next call while the previous one runs, as `fit` does.
+    timed_steps, timed_seconds, traced = 0, 0.0, False
+    current = int(step)
+    while current < total_steps:
+        epoch = current // steps_per_epoch
         epoch_end = (epoch + 1) * steps_per_epoch
         _say(f"epoch {epoch + 1}/{cfg.train.epochs}")
         progbar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         train_metrics.reset()
-        epoch_steps, epoch_seconds = 0, 0.0
-        while int(step) < epoch_end:
-            n = min(cfg.train.steps_per_loop, epoch_end - int(step), checkpointer.steps_to_next(int(step)))
-            start = time.perf_counter()
-            train_loop(train_data.iterator, tf.constant(n, tf.int64))
-            result = train_metrics.result()  # reading the metric waits for the steps to finish
-            nonfinite.after_loop(checkpointer.latest)  # raises NonFiniteError under "stop"
-            if checkpointer.due(int(step)) or faults.preemption_requested():
-                checkpointer.save(int(step))
+        start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
+        while current < epoch_end:
+            n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
+            results = train_call(n)
+            current += n
+            if not traced:  # wait for the tracing call, then start the clock
+                float(results[0])
+                traced, start = True, time.perf_counter()
+            else:
+                epoch_steps += n
+            now = time.perf_counter()
+            if now - last_draw > 0.2 or current == epoch_end:
+                values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
+                progbar.update(current - epoch * steps_per_epoch, values=values)
+                last_draw = now
+                nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
+            if checkpointer.due(current) or faults.preemption_requested():
+                nonfinite.after_loop(checkpointer.latest)  # never save past a stop
+                checkpointer.save(current)
             if faults.preemption_requested():
                 for writer in writers.values():
                     writer.flush()
-                raise faults.Preempted(int(step), checkpointer.latest)
-            seconds = time.perf_counter() - start
-            epoch_steps, epoch_seconds = epoch_steps + n, epoch_seconds + seconds
-            if warm:  # the first call of a process includes tracing: not counted
-                timed_steps, timed_seconds = timed_steps + n, timed_seconds + seconds
-            warm = True
-            progbar.update(int(step) - epoch * steps_per_epoch, values=list(result.items()))
+                raise faults.Preempted(current, checkpointer.latest)
+        epoch_seconds = time.perf_counter() - start
+        if epoch_steps:
+            timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
+        result = dict(values)
 
-        with writers["train"].as_default(step=int(step)):
+        with writers["train"].as_default(step=current):
             for name, value in result.items():
                 tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
-            tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
+            if epoch_steps:
+                tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
         if "validation" in eval_datasets:
             val = evaluate("validation")
-            with writers["validation"].as_default(step=int(step)):
+            with writers["validation"].as_default(step=current):
                 for name, value in val.items():
                     tf.summary.scalar(name, value)
             _say(f"validation loss {val['loss']:.4f} accuracy {val['accuracy']:.4f}")
-        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or int(step) >= total_steps:
-            checkpointer.save(int(step))
+        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
+            checkpointer.save(current)
     for writer in writers.values():
         writer.flush()
 
