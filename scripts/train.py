@@ -37,7 +37,13 @@ def main(argv):
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(FLAGS.config))[0]}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    tfpipe.train(cfg, workdir)
+    from tfpipe.data.check import DataError  # pylint: disable=import-outside-toplevel
+
+    try:
+        tfpipe.train(cfg, workdir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
