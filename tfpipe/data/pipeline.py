@@ -199,7 +199,8 @@ def build(
 
     # ---- split the steps: parse and deterministic steps can run once, before
     # the cache; random ones (augmentation) every epoch, after repeat.
-    parse = [source.parse] if source.parse is not None else []
+    # Raw records are single tensors; parse makes them (features, label).
+    parse = [lambda record, _, p=source.parse: p(record)] if source.parse is not None else []
     fns_before, fns_after = [], preprocess.build(steps, training)
     if not vectorized:
         before, after = preprocess.split_at_first_random(steps)
