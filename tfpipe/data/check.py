@@ -75,7 +75,8 @@ def _check_records(path, source, decode_fns, full: bool, report: Report) -> None
         return x, y
 
     _find_bad(
-        path, tf.data.TFRecordDataset(path).take(ok), convert, "record", report, "match the feature spec"
+        path, tf.data.TFRecordDataset(path).take(ok), convert, "record", report,
+        "parse with the feature spec" + (" and decode" if decode_fns else ""),
     )
 
 
@@ -93,7 +94,7 @@ def _find_bad(path, records, convert, unit, report, expected, names=None):
     report.bad_records += len(bad)
     items = list(records.as_numpy_iterator()) if bad else []
     for i in bad[:_SHOW]:
-        item = items[i]
+        item = tf.nest.map_structure(tf.constant, items[i])
         try:
             convert(*item) if isinstance(item, tuple) else convert(item)
             why = "failed inside tf.data"
