@@ -88,11 +88,15 @@ def from_image_folder(root: str, out_dir: str, num_shards: int = 8, split: str =
     return _update_spec(out_dir, features, len(classes), counts)
 
 
-def _infer_type(value: str) -> str:
+def _column_type(values) -> str:
+    """int64 if every non-empty value is an int, float32 if a number, else string."""
+    present = [v for v in values if v]
     for kind, cast in (("int64", int), ("float32", float)):
         try:
-            cast(value)
-            return kind
+            for v in present:
+                cast(v)
+            if present:
+                return kind
         except ValueError:
             pass
     return "string"
@@ -102,7 +106,7 @@ def from_csv(pattern: str, out_dir: str, num_shards: int = 8, split: str = "trai
              num_classes: int = 2) -> str:
     """CSV files with a header -> shards with one scalar feature per column.
 
-    Column types come from the first data row: int64, float32 or string.
+    Column types come from the first 1,000 data rows: int64, float32 or string.
     Empty fields become 0, NaN or "" so every record has every feature.
     """
     files = sorted(glob.glob(pattern))
@@ -111,8 +115,8 @@ def from_csv(pattern: str, out_dir: str, num_shards: int = 8, split: str = "trai
     header = sources.read_header(files[0], ",")
     with open(files[0], encoding="utf-8") as f:
         f.readline()
-        first = f.readline().rstrip("\n").split(",")
-    kinds = [_infer_type(v) if v else "float32" for v in first]
+        sample = [line.rstrip("\n").split(",") for _, line in zip(range(1000), f)]
+    kinds = [_column_type([row[j] for row in sample if j < len(row)]) for j in range(len(header))]
 
     def examples():
         for path in files:
