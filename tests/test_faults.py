@@ -18,29 +18,30 @@ BAD_RECORD = 100  # with batch 32 and no shuffling: the 4th batch, i.e. step 4
 TRAIN_EXAMPLES = 1257  # the digits training split
 
 
-def _digits_with_nan(data_cfg, split):
-    """The digits, with every pixel of training record BAD_RECORD set to NaN (a corrupt record)."""
-    src = sources.digits(data_cfg, split)
-    if split != "train":
-        return src
-
-    def poison(i, example):
-        x, y = example
-        return tf.where(i == BAD_RECORD, tf.fill(tf.shape(x), float("nan")), x), y
-
-    return sources.Source(src.dataset.enumerate().map(poison), src.num_examples, src.num_classes)
-
-
 @pytest.fixture
-def nan_source(monkeypatch):
-    monkeypatch.setitem(sources.SOURCES, "digits_with_nan", _digits_with_nan)
+def digits_with_nan(tmp_path):
+    """The digits as an .npz file whose training record BAD_RECORD has NaN pixels (a corrupt record)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
+    # The row that the npz source's seeded split puts at position BAD_RECORD of the training split.
+    row = sources.split_indices(len(y), 0.1, 0.2, 0)["train"][BAD_RECORD]
+    x[row] = np.nan
+    path = tmp_path / "digits_with_nan.npz"
+    np.savez(path, x=x, y=y)
+    return path
 
 
-def _config(*overrides):
+def _config(npz_path, *overrides):
     return tfpipe.load_config(
         os.path.join(ROOT, "configs", "digits_mlp.yaml"),
         overrides=[
-            "data.source=digits_with_nan",
+            "data.source=npz",
+            f"data.files.train={npz_path}",
+            "data.split.validation=0.1",
+            "data.split.test=0.2",
+            "data.split.seed=0",
             "data.shuffle.buffer_size=0",  # record 100 lands in a known batch
             "train.epochs=2",
             "checkpoint.every_steps=2",
@@ -54,7 +55,7 @@ def _checkpoint_steps(workdir):
 
 
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
-def test_nan_record_stops_naming_the_step(nan_source, tmp_path, strategy):
+def test_nan_record_stops_naming_the_step(digits_with_nan, tmp_path, strategy):
     # Under mirrored the NaN record is in replica 0's half of the batch only:
     # the check must combine the replicas' verdicts.
     cfg = _config(f"runtime.strategy={strategy}", "runtime.logical_cpus=2", "checkpoint.keep=10")
@@ -67,8 +68,9 @@ def test_nan_record_stops_naming_the_step(nan_source, tmp_path, strategy):
     assert not (tmp_path / "model.keras").exists()
 
 
-def test_nan_record_skipped_each_epoch(nan_source, tmp_path, capsys):
-    cfg = _config("train.on_nonfinite=skip")
+def test_nan_record_skipped_each_epoch(digits_with_nan, tmp_path, capsys):
+    cfg = _config(digits_with_nan, "train.on_nonfinite=skip")
+    tmp_path = tmp_path / "run"
     metrics = tfpipe.train(cfg, tmp_path)
     out = capsys.readouterr().out
     # The second pass puts record 100 at stream position 1257 + 100: batch 42, step 43.
@@ -84,8 +86,9 @@ def test_nan_record_skipped_each_epoch(nan_source, tmp_path, capsys):
     assert np.isfinite(metrics["loss"]) and metrics["accuracy"] > 0.3
 
 
-def test_skip_gives_up_after_max_skipped_steps(nan_source, tmp_path):
-    cfg = _config("train.on_nonfinite=skip", "train.max_skipped_steps=1")
+def test_skip_gives_up_after_max_skipped_steps(digits_with_nan, tmp_path):
+    cfg = _config(digits_with_nan, "train.on_nonfinite=skip", "train.max_skipped_steps=1")
+    tmp_path = tmp_path / "run"
     with pytest.raises(faults.NonFiniteError, match=r"at step 43; stopping \(2 batches skipped, more than"):
         tfpipe.train(cfg, tmp_path)
 

@@ -26,7 +26,7 @@ import models
 from tfpipe import checkpointing
 from tfpipe import config as config_lib
 from tfpipe import distribute, faults, train_input
-from tfpipe.data import pipeline, sources
+from tfpipe.data import check, pipeline, sources
 
 _ACCURACY = {
     "categorical_crossentropy": keras.metrics.CategoricalAccuracy,
@@ -92,6 +92,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     config_lib.dump(cfg, workdir / "config.yaml")
 
     # ---------------------------------------------------------------- Input
+    # Bad files fail here, naming file and record, before any training.
+    data_report = check.preflight(cfg.data, log=_say)
     train_source = sources.load(cfg.data, "train")
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -109,7 +111,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
-        model = models.build(cfg.model.name, features_spec.shape[1:], train_source.num_classes, cfg.model.params)
+        input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
+        model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
         optimizer = keras.optimizers.get(
             {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
         )
@@ -270,6 +273,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "steps": int(step),
         "nonfinite_skipped": int(nonfinite.skipped),
     }
+    if cfg.data.ignore_errors:
+        metrics["skipped_records"] = data_report.bad_records
+        _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
     with open(workdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
