@@ -188,3 +188,19 @@ def test_unreadable_newest_checkpoint_falls_back_to_previous(reference, tmp_path
             (tmp_path / "checkpoints" / name).write_bytes(b"")
     out = _train(tmp_path, expect=4)
     assert "no checkpoint in" in out and "can be restored" in out, out[-3000:]
+
+
+def test_pipeline_with_stateful_random_ops_is_replayed_not_saved():
+    """tf.data cannot save an iterator over stateful random ops: auto replays, iterator refuses."""
+    from tfpipe import train_input
+
+    def dataset_fn(ctx):
+        ds = tf.data.Dataset.range(64).map(lambda i: tf.cast(i, tf.float32) + tf.random.uniform([]))
+        return ds.repeat().batch(8)
+
+    strategy = tf.distribute.get_strategy()
+    assert train_input.TrainInput(strategy, "auto", dataset_fn).mode == "replay"
+    with pytest.raises(ValueError, match=r"cannot save this pipeline's iterator \(RandomUniform is stateful\)"):
+        train_input.TrainInput(strategy, "iterator", dataset_fn)
+    plain = lambda ctx: tf.data.Dataset.range(64).repeat().batch(8)  # noqa: E731
+    assert train_input.TrainInput(strategy, "auto", plain).mode == "iterator"

@@ -11,7 +11,13 @@ stopped run would have read next. `checkpoint.input` chooses how:
   the batches already consumed are produced and dropped. Exact only for a
   deterministic pipeline (`data.deterministic: true` and a fixed
   `data.shuffle.seed`); costs input time proportional to the steps done.
-- `auto`: `iterator` where the strategy allows it, else `replay`.
+- `auto`: `iterator` where the strategy and the pipeline allow it, else `replay`.
+
+tf.data cannot save an iterator whose pipeline holds stateful random ops
+(`tf.random.uniform` in an augmentation map: "RandomUniformInt is
+stateful"). A fresh iterator is probed once at start: under `auto` such a
+pipeline is replayed, `iterator` is refused with the reason. Replaying
+redraws the same random numbers only if the map runs sequentially.
 
 The iterator that `strategy.distribute_datasets_from_function` returns is
 not trackable under MirroredStrategy (TF 2.21: `tf.train.Checkpoint`
@@ -24,6 +30,8 @@ strategies use `replay`.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Callable
 
 import tensorflow as tf
@@ -38,6 +46,16 @@ def _iterator_supported(strategy) -> bool:
     return isinstance(strategy, _SINGLE_WORKER) or not tf.distribute.has_strategy() and (
         strategy is tf.distribute.get_strategy()
     )
+
+
+def _why_unsaveable(iterator) -> str | None:
+    """Why tf.data cannot checkpoint `iterator` (None if it can): one small trial write."""
+    with tempfile.TemporaryDirectory(prefix="tfpipe-probe-") as tmp:
+        try:
+            tf.train.Checkpoint(input=iterator).write(os.path.join(tmp, "probe"))
+        except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as e:
+            return e.message.split("}}")[-1].split("[Op:")[0].strip().rstrip(".")
+    return None
 
 
 class TrainInput:
@@ -66,6 +84,18 @@ class TrainInput:
                 f"{type(strategy).__name__} cannot save its input iterator. Use 'replay' or 'auto'."
             )
         self.mode = "iterator" if mode == "iterator" or (mode == "auto" and supported) else "replay"
+        self.iterator = iter(dataset_fn(None)) if self.mode == "iterator" else None
+        if self.mode == "iterator":
+            unsaveable = _why_unsaveable(self.iterator)
+            if unsaveable and mode == "iterator":
+                raise ValueError(
+                    f"checkpoint.input: 'iterator': tf.data cannot save this pipeline's iterator ({unsaveable}); "
+                    "use 'replay' or 'auto', or stateless random ops in data.map.steps"
+                )
+            if unsaveable:
+                logging.warning("checkpoint.input auto: replaying the input, the iterator cannot be saved (%s)",
+                                unsaveable)
+                self.mode, self.iterator = "replay", None
         if self.mode == "replay" and data_cfg is not None:
             if not data_cfg.deterministic or (data_cfg.shuffle.buffer_size > 0 and data_cfg.shuffle.seed is None):
                 logging.warning(
@@ -73,7 +103,6 @@ class TrainInput:
                     "(data.deterministic false or no data.shuffle.seed): a resumed run will see "
                     "different batches than an uninterrupted one"
                 )
-        self.iterator = iter(dataset_fn(None)) if self.mode == "iterator" else None
 
     @property
     def trackables(self) -> dict:
