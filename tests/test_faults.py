@@ -54,6 +54,7 @@ def _checkpoint_steps(workdir):
     return sorted(int(n[5:-6]) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.endswith(".index"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_nan_record_stops_naming_the_step(digits_with_nan, tmp_path, strategy):
     # Under mirrored the NaN record is in replica 0's half of the batch only:
@@ -69,6 +70,7 @@ def test_nan_record_stops_naming_the_step(digits_with_nan, tmp_path, strategy):
     assert not (tmp_path / "model.keras").exists()
 
 
+@pytest.mark.slow
 def test_nan_record_skipped_each_epoch(digits_with_nan, tmp_path, capsys):
     cfg = _config(digits_with_nan, "train.on_nonfinite=skip")
     tmp_path = tmp_path / "run"
@@ -87,6 +89,7 @@ def test_nan_record_skipped_each_epoch(digits_with_nan, tmp_path, capsys):
     assert np.isfinite(metrics["loss"]) and metrics["accuracy"] > 0.3
 
 
+@pytest.mark.slow
 def test_skip_gives_up_after_max_skipped_steps(digits_with_nan, tmp_path):
     cfg = _config(digits_with_nan, "train.on_nonfinite=skip", "train.max_skipped_steps=1")
     tmp_path = tmp_path / "run"
