@@ -204,3 +204,18 @@ def test_pipeline_with_stateful_random_ops_is_replayed_not_saved():
         train_input.TrainInput(strategy, "iterator", dataset_fn)
     plain = lambda ctx: tf.data.Dataset.range(64).repeat().batch(8)  # noqa: E731
     assert train_input.TrainInput(strategy, "auto", plain).mode == "iterator"
+
+
+def test_iterator_mode_warns_when_the_checkpoint_holds_no_iterator(tmp_path, capsys):
+    """A workdir written under replay, resumed under iterator: said, not hidden."""
+    from tfpipe import train_input
+
+    it = iter(tf.data.Dataset.range(64).repeat().batch(8))
+    step = tf.Variable(5, dtype=tf.int64)
+    without = tf.train.Checkpoint(step=step).write(str(tmp_path / "replay"))
+    with_it = tf.train.Checkpoint(step=step, input=it).write(str(tmp_path / "iterator"))
+    inp = train_input.TrainInput(tf.distribute.get_strategy(), "iterator", lambda ctx: tf.data.Dataset.range(8).batch(2))
+    inp.start(5, with_it)
+    assert "not exact" not in capsys.readouterr().out
+    inp.start(5, without)
+    assert "holds no input iterator" in capsys.readouterr().out

@@ -109,9 +109,23 @@ class TrainInput:
         """What the checkpoint must hold for this input: the iterator, or nothing."""
         return {"input": self.iterator} if self.mode == "iterator" else {}
 
-    def start(self, step: int) -> None:
-        """Positions the input after `step` steps (replay); the iterator is already there."""
+    def start(self, step: int, restored: str | None = None) -> None:
+        """Positions the input after `step` steps (replay); a restored iterator is already there.
+
+        Args:
+            step: steps already done.
+            restored: the checkpoint restored, if any: a checkpoint written
+                under `replay` holds no iterator, so the iterator starts over
+                and the resumed run is not exact; that is said, not hidden.
+        """
         if self.mode == "iterator":
+            if restored and step and not tf.train.load_checkpoint(restored).has_tensor(
+                "input/.ATTRIBUTES/ITERATOR_STATE"
+            ):
+                msg = (f"{restored} holds no input iterator (written with checkpoint.input: replay?): "
+                       "the input starts a new pass, so this resume is not exact")
+                logging.warning(msg)
+                print(f"[tfpipe] warning: {msg}", flush=True)
             return
 
         def skipped(ctx):

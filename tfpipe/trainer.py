@@ -193,7 +193,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             f"resuming from {checkpointer.latest} at step {int(step)} "
             f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
-    train_data.start(int(step))
+    train_data.start(int(step), checkpointer.latest)
 
     # ---------------------------------------------------------------- Loop
     writers = {
