@@ -335,6 +335,15 @@ def split_at_first_random(steps) -> tuple[tuple, tuple]:
     return steps, ()
 
 
+def split_batchable_tail(steps) -> tuple[tuple, tuple]:
+    """Splits steps into a head and the longest tail of batch-capable maps (no filters)."""
+    steps = tuple(steps)
+    k = len(steps)
+    while k > 0 and steps[k - 1]["op"] in BATCHABLE and steps[k - 1]["op"] != "drop_missing":
+        k -= 1
+    return steps[:k], steps[k:]
+
+
 def _args(step) -> dict:
     return {k: v for k, v in step.items() if k != "op"}
 
