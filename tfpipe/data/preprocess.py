@@ -222,7 +222,8 @@ def hash_columns(columns, num_bins: int):
     def fn(x, y):
         out = dict(x)
         for name in _match(x, columns, "hash_columns"):
-            out[name] = tf.strings.to_hash_bucket_fast(tf.strings.as_string(x[name]) if x[name].dtype != tf.string else x[name], num_bins)
+            v = x[name] if x[name].dtype == tf.string else tf.strings.as_string(x[name])
+            out[name] = tf.strings.to_hash_bucket_fast(v, num_bins)
         return out, y
 
     return fn
