@@ -247,12 +247,23 @@ class TrainConfig:
     steps_per_loop: int = _field(50, min=1)
     # 0 = one epoch is one pass over the training split.
     steps_per_epoch: int = _field(0, min=0)
+    # A step with a non-finite loss or gradient: stop the run (naming the
+    # step), or skip its batch and go on. See tfpipe/faults.py.
+    on_nonfinite: str = _field("stop", choices=("stop", "skip"))
+    # With skip: stop anyway after this many skipped batches.
+    max_skipped_steps: int = _field(100, min=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every_epochs: int = _field(1, min=1)
+    # Also save every this many steps (0 = off): bounds the work lost to a
+    # kill to this many steps, mid-epoch too.
+    every_steps: int = _field(0, min=0)
     keep: int = _field(3, min=1)
+    # How the input position is saved: iterator (in the checkpoint), replay
+    # (rebuild and skip consumed batches), auto. See tfpipe/train_input.py.
+    input: str = _field("auto", choices=("auto", "iterator", "replay"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,9 @@ import keras
 import tensorflow as tf
 
 import models
+from tfpipe import checkpointing
 from tfpipe import config as config_lib
-from tfpipe import distribute
+from tfpipe import distribute, faults, train_input
 from tfpipe.data import check, pipeline, sources
 
 _ACCURACY = {
@@ -100,7 +101,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     def input_fn(split, training):
         return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
 
-    train_iterator = iter(strategy.distribute_datasets_from_function(input_fn("train", True)))
+    train_data = train_input.TrainInput(strategy, cfg.checkpoint.input, input_fn("train", True), cfg.data)
     eval_datasets = {
         split: strategy.distribute_datasets_from_function(input_fn(split, False))
         for split in ("validation", "test")
@@ -125,8 +126,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # Created outside the scope: a plain variable that Python can read with
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
 
-    def train_step(features, labels):
+    def compute_step(features, labels):
         with tf.GradientTape() as tape:
             predictions = model(features, training=True)
             per_example = loss_fn(labels, predictions)
@@ -134,13 +136,22 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
+        return grads, (per_example, labels, predictions), loss, nonfinite.flags(loss, grads)
+
+    def apply_step(grads, outputs):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        train_metrics.update(per_example, labels, predictions)
+        train_metrics.update(*outputs)
+
+    def train_step(iterator, index):
+        # Gradients are checked before they are applied (tfpipe/faults.py).
+        grads, outputs, loss, bad = strategy.run(compute_step, args=train_data.next_batch(iterator))
+        if nonfinite.check(strategy, index, loss, bad):
+            strategy.run(apply_step, args=(grads, outputs))
 
     @tf.function
     def train_loop(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            strategy.run(train_step, args=next(iterator))
+        for i in tf.range(num_steps):
+            train_step(iterator, step + i)
         step.assign_add(num_steps)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
@@ -148,14 +159,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # steps_per_loop=1 the loop's own cost is a measurable share of a step.
     @tf.function
     def train_once(iterator):
-        strategy.run(train_step, args=next(iterator))
+        train_step(iterator, step.read_value())
         step.assign_add(1)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
     def train_call(n: int):
         if n == 1:
-            return train_once(train_iterator)
-        return train_loop(train_iterator, tf.constant(n, tf.int64))
+            return train_once(train_data.iterator)
+        return train_loop(train_data.iterator, tf.constant(n, tf.int64))
 
     def eval_step(features, labels):
         predictions = model(features, training=False)
@@ -172,16 +183,17 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         return eval_metrics.result()
 
     # ---------------------------------------------------------------- Restore
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(workdir / "checkpoints"), max_to_keep=cfg.checkpoint.keep, step_counter=step
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    checkpointer = checkpointing.Checkpointer(
+        workdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
+        model=model, optimizer=optimizer, random=checkpointing.random_state(model),
+        **train_data.trackables,
+    )  # fmt: skip
+    if checkpointer.restore():
         _say(
-            f"resuming from {manager.latest_checkpoint} at step {int(step)} "
-            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs})"
+            f"resuming from {checkpointer.latest} at step {int(step)} "
+            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
+    train_data.start(int(step))
 
     # ---------------------------------------------------------------- Loop
     writers = {
@@ -201,7 +213,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         train_metrics.reset()
         start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
         while current < epoch_end:
-            n = min(cfg.train.steps_per_loop, epoch_end - current)
+            n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
             results = train_call(n)
             current += n
             if not traced:  # wait for the tracing call, then start the clock
@@ -214,6 +226,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
                 progbar.update(current - epoch * steps_per_epoch, values=values)
                 last_draw = now
+                nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
+            if checkpointer.due(current) or faults.preemption_requested():
+                nonfinite.after_loop(checkpointer.latest)  # never save past a stop
+                checkpointer.save(current)
+            if faults.preemption_requested():
+                for writer in writers.values():
+                    writer.flush()
+                raise faults.Preempted(current, checkpointer.latest)
         epoch_seconds = time.perf_counter() - start
         if epoch_steps:
             timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
@@ -232,7 +252,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                     tf.summary.scalar(name, value)
             _say(f"validation loss {val['loss']:.4f} accuracy {val['accuracy']:.4f}")
         if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
-            manager.save(checkpoint_number=current)
+            checkpointer.save(current)
     for writer in writers.values():
         writer.flush()
 
@@ -251,6 +271,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
         "epochs": cfg.train.epochs,
         "steps": int(step),
+        "nonfinite_skipped": int(nonfinite.skipped),
     }
     if cfg.data.ignore_errors:
         metrics["skipped_records"] = data_report.bad_records
