@@ -58,7 +58,7 @@ def _checkpoint_steps(workdir):
 def test_nan_record_stops_naming_the_step(digits_with_nan, tmp_path, strategy):
     # Under mirrored the NaN record is in replica 0's half of the batch only:
     # the check must combine the replicas' verdicts.
-    cfg = _config(f"runtime.strategy={strategy}", "runtime.logical_cpus=2", "checkpoint.keep=10")
+    cfg = _config(digits_with_nan, f"runtime.strategy={strategy}", "runtime.logical_cpus=2", "checkpoint.keep=10")
     # Keras cross-entropy clips the NaN predictions, so the loss stays finite:
     # only the gradient check catches this batch.
     with pytest.raises(faults.NonFiniteError, match=r"non-finite gradients \(loss [\d.]+\) at step 4; stopping") as err:
