@@ -158,3 +158,17 @@ def test_the_pipeline_can_be_cut_after_every_stage(tmp_path, records, stage):
         assert element[0].shape == (2,)
     else:
         assert element.dtype == tf.string  # raw serialized records
+
+
+def test_batch_tail_runs_trailing_steps_per_batch_with_the_same_result(tmp_path, records):
+    steps = [{"op": "reshape", "shape": [2]}, {"op": "normalize", "mean": [1.0, 1.0], "std": [2.0, 2.0]},
+             {"op": "one_hot", "num_classes": 40}]
+    plain = rec_cfg(tmp_path, records, map={"steps": steps}, read={"shuffle_files": False})
+    tail = rec_cfg(tmp_path, records, map={"steps": steps, "batch_tail": True}, read={"shuffle_files": False})
+    a = list(pipeline.build(plain, "train", 8, training=False))
+    b = list(pipeline.build(tail, "train", 8, training=False))
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert np.allclose(xa.numpy(), xb.numpy()) and np.array_equal(ya.numpy(), yb.numpy())
+    # The per-example map now stops at reshape: its output is not yet normalized.
+    x, y = next(iter(pipeline.build(tail, "train", 8, training=False, stop_after="map")))
+    assert y.shape == () and float(x[0]) == float(y)

@@ -92,6 +92,9 @@ class MapConfig:
     # Batch first, then run the steps on whole batches: one call per batch
     # instead of per example. Every step must then accept batches.
     vectorized: bool = False
+    # Per-example map, but the trailing batch-capable steps (flip, normalize,
+    # one_hot, ...) run after batching, once per batch.
+    batch_tail: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
     source (list files -> shard by file -> parallel interleave | in-memory)
     -> shard by example -> [parse + deterministic steps] -> cache
-    -> shuffle -> repeat -> [random steps] -> batch -> [vectorized steps]
+    -> shuffle -> repeat -> [random steps] -> batch -> [batch_tail or vectorized steps]
     -> prefetch -> options
 
 Every stage is driven by `DataConfig`; nothing here is tuned behind the
@@ -201,14 +201,18 @@ def build(
     # the cache; random ones (augmentation) every epoch, after repeat.
     # Raw records are single tensors; parse makes them (features, label).
     parse = [lambda record, _, p=source.parse: p(record)] if source.parse is not None else []
-    fns_before, fns_after = [], preprocess.build(steps, training)
+    fns_before, fns_after, fns_tail = [], preprocess.build(steps, training), []
     if not vectorized:
-        before, after = preprocess.split_at_first_random(steps)
+        before, after = preprocess.split_at_first_random(steps) if data_cfg.cache else ((), steps)
+        tail = ()
+        if data_cfg.map.batch_tail:
+            after, tail = preprocess.split_batchable_tail(after)
         if data_cfg.cache:
             fns_before = parse + preprocess.build(before, training)
             fns_after = preprocess.build(after, training)
         else:
-            fns_after = parse + preprocess.build(steps, training)
+            fns_after = parse + preprocess.build(after, training)
+        fns_tail = preprocess.build(tail, training)
         parse = []
     elif not source.parse_batchable:
         fns_before, parse = parse, []
@@ -256,6 +260,10 @@ def build(
         ds = ds.padded_batch(batch_size, drop_remainder=drop)
     else:
         ds = ds.batch(batch_size, drop_remainder=drop)
+    if fns_tail:
+        # The trailing batch-capable steps (flip, normalize, ...) run once per
+        # batch instead of once per example.
+        ds = _apply(ds, fns_tail, data_cfg, batched=True)
     if vectorized:
         # Batch first, then one call per batch: per-element overhead dominates
         # cheap parsing (CSV, tf.Example), so this is many times faster.

@@ -222,7 +222,8 @@ def hash_columns(columns, num_bins: int):
     def fn(x, y):
         out = dict(x)
         for name in _match(x, columns, "hash_columns"):
-            out[name] = tf.strings.to_hash_bucket_fast(tf.strings.as_string(x[name]) if x[name].dtype != tf.string else x[name], num_bins)
+            v = x[name] if x[name].dtype == tf.string else tf.strings.as_string(x[name])
+            out[name] = tf.strings.to_hash_bucket_fast(v, num_bins)
         return out, y
 
     return fn
@@ -333,6 +334,15 @@ def split_at_first_random(steps) -> tuple[tuple, tuple]:
         if step["op"] in RANDOM_OPS:
             return steps[:i], steps[i:]
     return steps, ()
+
+
+def split_batchable_tail(steps) -> tuple[tuple, tuple]:
+    """Splits steps into a head and the longest tail of batch-capable maps (no filters)."""
+    steps = tuple(steps)
+    k = len(steps)
+    while k > 0 and steps[k - 1]["op"] in BATCHABLE and steps[k - 1]["op"] != "drop_missing":
+        k -= 1
+    return steps[:k], steps[k:]
 
 
 def _args(step) -> dict:
