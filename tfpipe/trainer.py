@@ -24,7 +24,7 @@ import tensorflow as tf
 
 import models
 from tfpipe import config as config_lib
-from tfpipe import distribute
+from tfpipe import distribute, profiling
 from tfpipe.data import pipeline, sources
 
 _ACCURACY = {
@@ -122,6 +122,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # Created outside the scope: a plain variable that Python can read with
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    input_timer = profiling.InputWaitTimer(cfg.profile.measure_input_wait)
+    profiler = profiling.Profiler(cfg.profile, workdir, input_timer)
 
     def train_step(features, labels):
         with tf.GradientTape() as tape:
@@ -136,9 +138,13 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     @tf.function
     def train_loop(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            strategy.run(train_step, args=next(iterator))
+        # A tensor num_steps makes a while loop; a Python int (inside the
+        # profiler's window) unrolls it, see tfpipe/profiling.py.
+        done = input_timer.token()
+        for _ in range(num_steps):
+            strategy.run(train_step, args=input_timer.next(iterator, done))
             step.assign_add(1)
+            done = input_timer.step_done(model.trainable_variables)
 
     def eval_step(features, labels):
         predictions = model(features, training=False)
@@ -170,23 +176,28 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     writers = {
         name: tf.summary.create_file_writer(str(workdir / "logs" / name)) for name in ("train", "validation")
     }
-    timed_steps, timed_seconds, warm = 0, 0.0, False
+    timed_steps, timed_seconds, timed_wait, warm = 0, 0.0, 0.0, False
     while int(step) < total_steps:
         epoch = int(step) // steps_per_epoch
         epoch_end = (epoch + 1) * steps_per_epoch
         _say(f"epoch {epoch + 1}/{cfg.train.epochs}")
         progbar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         train_metrics.reset()
-        epoch_steps, epoch_seconds = 0, 0.0
+        epoch_steps, epoch_seconds, epoch_wait = 0, 0.0, 0.0
         while int(step) < epoch_end:
             n = min(cfg.train.steps_per_loop, epoch_end - int(step))
+            wait = input_timer.seconds()
             start = time.perf_counter()
-            train_loop(train_iterator, tf.constant(n, tf.int64))
-            result = train_metrics.result()  # reading the metric waits for the steps to finish
+            with profiler.loop_call(int(step), n) as num_steps:
+                train_loop(train_iterator, num_steps)
+                result = train_metrics.result()  # reading the metric waits for the steps to finish
             seconds = time.perf_counter() - start
-            epoch_steps, epoch_seconds = epoch_steps + n, epoch_seconds + seconds
-            if warm:  # the first call of a process includes tracing: not counted
-                timed_steps, timed_seconds = timed_steps + n, timed_seconds + seconds
+            wait = input_timer.seconds() - wait
+            epoch_steps, epoch_seconds, epoch_wait = epoch_steps + n, epoch_seconds + seconds, epoch_wait + wait
+            # The first call of a process includes tracing, and the profiler's
+            # calls compile or trace: not counted.
+            if warm and not profiler.last_call_profiled:
+                timed_steps, timed_seconds, timed_wait = timed_steps + n, timed_seconds + seconds, timed_wait + wait
             warm = True
             progbar.update(int(step) - epoch * steps_per_epoch, values=list(result.items()))
 
@@ -195,6 +206,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
             tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
+            if input_timer.enabled:
+                tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
         if "validation" in eval_datasets:
             val = evaluate("validation")
             with writers["validation"].as_default(step=int(step)):
@@ -205,6 +218,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             manager.save(checkpoint_number=int(step))
     for writer in writers.values():
         writer.flush()
+    profiler.finish(cfg)
 
     # ---------------------------------------------------------------- Evaluate
     split = "test" if "test" in eval_datasets else "validation"
@@ -219,6 +233,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "loss": final["loss"],
         "eval_split": split,
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
+        "input_wait_fraction": timed_wait / timed_seconds if timed_seconds and input_timer.enabled else None,
         "epochs": cfg.train.epochs,
         "steps": int(step),
     }
