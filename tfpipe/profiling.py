@@ -218,44 +218,48 @@ class Profiler:
         # True when the last loop call compiled or traced: its time is not
         # representative and stays out of the run's examples_per_sec.
         self.last_call_profiled = False
-        if profile_cfg.server_port:
-            start_server(profile_cfg.server_port)
+        self._server = bool(profile_cfg.server_port) and start_server(profile_cfg.server_port)
 
     @contextlib.contextmanager
     def loop_call(self, first_step: int, num_steps: int):
         """Wraps one call of the training loop; yields its `num_steps` argument.
 
-        A tensor outside the trace window (the loop stays a while loop), a
-        Python int for the warm-up call and inside the window (the loop is
-        unrolled). Inside the window the call is wrapped in a root step marker
-        whose step number is the call's first step. Put the read that waits
-        for the call's result inside the `with` block, so the marker covers
-        the computation.
+        A tensor for ordinary calls (the loop stays a while loop); a Python
+        int, which unrolls the loop, for the warm-up call, inside the trace
+        window, and for every call while a profiler server runs (so that an
+        on-demand capture finds steps too). Calls in the window, and every
+        call while a server runs, are wrapped in a root step marker numbered
+        by the call's first step. Put the read that waits for the call's
+        result inside the `with` block, so the marker covers the computation.
         """
-        state = self._state
         self.last_call_profiled = False
+        state = self._state
         if state == "waiting" and first_step >= self._cfg.start_step:
             # Compile the unrolled loop outside the window.
             self._unrolled, self._state = num_steps, "warm"
             self.last_call_profiled = True
-            yield num_steps
+            with self._marker(first_step):
+                yield num_steps
             return
         if state in ("warm", "tracing") and num_steps != self._unrolled:
             # A shorter call (epoch end) would retrace inside the window; the
             # window ends instead, or waits for a full call.
             if state == "tracing":
                 self._stop()
-            yield tf.constant(num_steps, tf.int64)
-            return
-        if state == "warm":
+        elif state == "warm":
             state = self._start()
-        if state != "tracing":
-            yield tf.constant(num_steps, tf.int64)
+        if self._state != "tracing":
+            if self._server:
+                with self._marker(first_step):
+                    yield num_steps
+            else:
+                yield tf.constant(num_steps, tf.int64)
             return
+
         self.last_call_profiled = True
         wait0 = self._timer.seconds() if self._timer and self._timer.enabled else None
         start = time.perf_counter()
-        with tf.profiler.experimental.Trace(STEP_MARKER, step_num=first_step, _r=1):
+        with self._marker(first_step, always=True):
             yield num_steps
         traced = self._traced
         traced["seconds"] += time.perf_counter() - start
@@ -267,6 +271,11 @@ class Profiler:
             traced["first_step"] = first_step
         if traced["steps"] >= self._cfg.num_steps:
             self._stop()
+
+    def _marker(self, first_step: int, always: bool = False):
+        if always or self._server:
+            return tf.profiler.experimental.Trace(STEP_MARKER, step_num=first_step, _r=1)
+        return contextlib.nullcontext()
 
     def _start(self) -> str:
         self._logdir.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,10 @@ _PARALLEL_MAP = {"ParallelMap", "ParallelMapV2"}
 _READERS = {"TFRecord", "TextLine", "FixedLengthRecord", "ParallelInterleaveV4", "ParallelInterleave", "Interleave"}
 
 
+# Below this many milliseconds per loop call, raising train.steps_per_loop pays.
+SHORT_CALL_MS = 20.0
+
+
 class ProfileError(ValueError):
     """A path that holds no readable profile."""
 
@@ -265,12 +269,17 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             )
     spm = report["steps_per_marker"]
     loop_steps = train.get("steps_per_loop", spm)
-    if loop_steps < 50 and (shares["other"] >= 0.10 or report["step_time_ms"]["mean"] < 5.0):
+    call_ms = report["step_time_ms"]["mean"] * spm
+    # Each call from Python costs a fraction of a millisecond to dispatch and
+    # sync: negligible for calls of tens of milliseconds, not below that.
+    if call_ms < SHORT_CALL_MS:
+        value = max(50, 2 * loop_steps)
         add(
             "train.steps_per_loop",
-            50,
-            f"steps take {report['step_time_ms']['mean']:.2f} ms and {shares['other']:.0%} of step time is "
-            "neither input nor compute; more steps per compiled call pay Python and dispatch costs once per call",
+            value,
+            f"one loop call ({spm} step(s)) takes {call_ms:.2f} ms, so per-call Python and dispatch costs "
+            f"are a visible share ({shares['other']:.0%} of step time is neither input nor compute); "
+            "more steps per compiled call pay them once per call",
         )
     if not recs and report["verdict"] == "compute-bound":
         recs.append(
@@ -427,13 +436,15 @@ def _chart(per_step: list[dict], spm: int, title: str, path: Path) -> None:
         ("other_ms", "other", "#7f7f7f"),
     ]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(labels) + 2), 4.0))
+    positions = list(range(len(per_step)))
     bottom = [0.0] * len(per_step)
     for key, name, color in series:
         values = [s[key] for s in per_step]
         if not any(values):
             continue
-        ax.bar(labels, values, bottom=bottom, label=name, color=color)
+        ax.bar(positions, values, bottom=bottom, label=name, color=color)
         bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xticks(positions, labels)
     ax.set_xlabel("first step of the marked call" if spm > 1 else "step")
     ax.set_ylabel(f"ms per step{f' (call of {spm} steps / {spm})' if spm > 1 else ''}")
     ax.set_title(title, fontsize=10)
