@@ -272,6 +272,18 @@ class Profiler:
         if traced["steps"] >= self._cfg.num_steps:
             self._stop()
 
+    def end_of_epoch(self) -> None:
+        """Closes an open window before evaluation runs.
+
+        Evaluating a distributed dataset runs a TensorFlow while loop; in the
+        same trace it makes xprof take the loop's iterations for the steps
+        and the analyzer finds no step time (seen under the mirrored
+        strategy). A window therefore never spans an epoch end, and can hold
+        fewer than `profile.num_steps` steps.
+        """
+        if self._state == "tracing":
+            self._stop()
+
     def _marker(self, first_step: int, always: bool = False):
         if always or self._server:
             return tf.profiler.experimental.Trace(STEP_MARKER, step_num=first_step, _r=1)

@@ -200,6 +200,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 timed_steps, timed_seconds, timed_wait = timed_steps + n, timed_seconds + seconds, timed_wait + wait
             warm = True
             progbar.update(int(step) - epoch * steps_per_epoch, values=list(result.items()))
+        profiler.end_of_epoch()
 
         with writers["train"].as_default(step=int(step)):
             for name, value in result.items():
