@@ -323,7 +323,7 @@ def summary(report: dict) -> str:
     if report["recommendations"]:
         lines.append("  try:")
         for r in report["recommendations"]:
-            head = f"{r['key']}: {json.dumps(r['value'])}" if r["key"] else "-"
+            head = f"{r['key']}: {json.dumps(r['value'])}" if r["key"] else "note"
             now = f" (now {json.dumps(r['current'])})" if r.get("current") is not None else ""
             lines.append(f"    {head}{now} - {r['why']}")
     if report.get("chart"):
@@ -417,9 +417,9 @@ def _lookup_default(dotted: str):
 
 
 def _write(report: dict, out_dir: Path) -> None:
+    report["report_json"] = str(out_dir / "report.json")
     with open(out_dir / "report.json", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
-    report["report_json"] = str(out_dir / "report.json")
 
 
 def _chart(per_step: list[dict], spm: int, title: str, path: Path) -> None:
