@@ -10,14 +10,18 @@ profiler = profiling.Profiler(cfg.profile, workdir, input_timer)
 @tf.function
 def train_loop(iterator, num_steps):
     done = input_timer.token()
-    for _ in range(num_steps):
+    for _ in range(num_steps):  # a tensor: while-loop; a Python int: unrolled
         batch = input_timer.next(iterator, done)
         strategy.run(train_step, args=batch)
         done = input_timer.step_done(model.trainable_variables)
 
-with profiler.loop_call(first_step, n) as num_steps:
-    train_loop(iterator, num_steps)
-profiler.finish()  # stops the trace, writes report.json and report.png
+def train_call(n, unrolled=False):
+    return train_loop(iterator, n if unrolled else tf.constant(n, tf.int64))
+
+results = profiler.call(train_call, first_step, n)   # each loop call
+profiler.end_of_epoch()                              # before evaluation
+steps, seconds, wait = profiler.pop_profiled_time()  # not throughput
+profiler.finish(cfg)  # stops the trace, writes report.json and report.png
 ```
 
 Two facts about the TensorFlow 2.21 profiler shape this module (both
@@ -28,9 +32,9 @@ verified here, see tests/test_profiling.py):
   the trace holds no TensorFlow while loop*: a `tf.range` loop inside the
   compiled function makes xprof treat its iterations as the steps, and the
   analyzer then reports "No step time measured". So inside the window the
-  loop is unrolled: `loop_call` hands the trainer a Python int, for which
-  AutoGraph unrolls `for _ in range(num_steps)`, while outside the window it
-  hands a tensor, which keeps the compact while loop. One untraced call
+  loop is unrolled: `call` asks the trainer for an unrolled call, and a
+  Python int makes AutoGraph unroll `for _ in range(num_steps)`, while
+  outside the window the tensor keeps the compact while loop. One untraced call
   before the window compiles the unrolled loop, so compilation stays out of
   the measured steps. Each marker covers one loop call of `n` steps and
   carries the call's first step number; the report divides by `n`.
@@ -124,16 +128,16 @@ class InputWaitTimer:
         with tf.control_dependencies([tf.convert_to_tensor(v) for v in variables]):
             return tf.timestamp()
 
-    def next(self, iterator, token):
-        """`next(iterator)`, timed from `token` (a `step_done` or `token` time)."""
+    def next(self, iterator, token, fetch=next):
+        """`fetch(iterator)`, timed from `token` (a `step_done` or `token` time)."""
         if not self.enabled:
-            return next(iterator)
+            return fetch(iterator)
         # Started inside this step (the token arrives through the loop), so
         # the while loop's own per-iteration bookkeeping is not counted.
         with tf.control_dependencies([token]):
             start = tf.timestamp()
         with tf.control_dependencies([start]):
-            batch = next(iterator)
+            batch = fetch(iterator)
         # expand_composites: a distributed iterator yields PerReplica values.
         with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
             stop = tf.timestamp()
@@ -214,53 +218,45 @@ class Profiler:
         self._traced = {"calls": 0, "steps": 0, "seconds": 0.0, "wait_seconds": 0.0, "first_step": None}
         self._run_dir = None
         self._before = set()
+        self._calls = 0
+        self._profiled = [0, 0.0, 0.0]
         self.report = None
-        # True when the last loop call compiled or traced: its time is not
-        # representative and stays out of the run's examples_per_sec.
-        self.last_call_profiled = False
         self._server = bool(profile_cfg.server_port) and start_server(profile_cfg.server_port)
 
-    @contextlib.contextmanager
-    def loop_call(self, first_step: int, num_steps: int):
-        """Wraps one call of the training loop; yields its `num_steps` argument.
+    def call(self, train_call, first_step: int, num_steps: int):
+        """Runs one call of the training loop, `train_call(num_steps, unrolled=...)`.
 
-        A tensor for ordinary calls (the loop stays a while loop); a Python
-        int, which unrolls the loop, for the warm-up call, inside the trace
-        window, and for every call while a profiler server runs (so that an
-        on-demand capture finds steps too). Calls in the window, and every
-        call while a server runs, are wrapped in a root step marker numbered
-        by the call's first step. Put the read that waits for the call's
-        result inside the `with` block, so the marker covers the computation.
+        Ordinary calls run as they are (the loop stays a graph while-loop).
+        The warm-up call, the calls in the trace window, and every call while
+        a profiler server runs (so that an on-demand capture finds steps too)
+        run unrolled. Calls in the window, and every call while a server
+        runs, are wrapped in a root step marker numbered by the call's first
+        step, and their results are read inside the marker so that it covers
+        the computation.
+
+        Returns:
+            What `train_call` returns.
         """
-        self.last_call_profiled = False
+        first_call = self._calls == 0
+        self._calls += 1
         state = self._state
         if state == "waiting" and first_step >= self._cfg.start_step:
             # Compile the unrolled loop outside the window.
             self._unrolled, self._state = num_steps, "warm"
-            self.last_call_profiled = True
-            with self._marker(first_step):
-                yield num_steps
-            return
+            return self._run(train_call, first_step, num_steps, unrolled=True, profiled=not first_call)
         if state in ("warm", "tracing") and num_steps != self._unrolled:
-            # A shorter call (epoch end) would retrace inside the window; the
-            # window ends instead, or waits for a full call.
+            # A shorter call (before a checkpoint, say) would retrace inside the
+            # window; the window ends instead, or waits for a full call.
             if state == "tracing":
                 self._stop()
         elif state == "warm":
-            state = self._start()
+            self._start()
         if self._state != "tracing":
-            if self._server:
-                with self._marker(first_step):
-                    yield num_steps
-            else:
-                yield tf.constant(num_steps, tf.int64)
-            return
+            return self._run(train_call, first_step, num_steps, unrolled=self._server, profiled=False)
 
-        self.last_call_profiled = True
         wait0 = self._timer.seconds() if self._timer and self._timer.enabled else None
         start = time.perf_counter()
-        with self._marker(first_step, always=True):
-            yield num_steps
+        results = self._run(train_call, first_step, num_steps, unrolled=True, profiled=not first_call, marker=True)
         traced = self._traced
         traced["seconds"] += time.perf_counter() - start
         if wait0 is not None:
@@ -271,6 +267,35 @@ class Profiler:
             traced["first_step"] = first_step
         if traced["steps"] >= self._cfg.num_steps:
             self._stop()
+        return results
+
+    def _run(self, train_call, first_step, num_steps, unrolled, profiled, marker=False):
+        marker = marker or self._server
+        if not (marker or profiled):
+            return train_call(num_steps, unrolled=unrolled)
+        wait0 = self._timer.seconds() if profiled and self._timer else 0.0
+        start = time.perf_counter()
+        context = (
+            tf.profiler.experimental.Trace(STEP_MARKER, step_num=first_step, _r=1)
+            if marker
+            else contextlib.nullcontext()
+        )
+        with context:
+            results = train_call(num_steps, unrolled=unrolled)
+            # Waits for the call to finish, inside the marker.
+            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, results)
+        if profiled:
+            self._profiled[0] += num_steps
+            self._profiled[1] += time.perf_counter() - start
+            self._profiled[2] += self._timer.seconds() - wait0 if self._timer else 0.0
+        return results
+
+    def pop_profiled_time(self) -> tuple[int, float, float]:
+        """Steps, seconds and input-wait seconds spent in the warm-up and traced
+        calls since the last pop: the trainer leaves them out of throughput."""
+        steps, seconds, wait = self._profiled
+        self._profiled = [0, 0.0, 0.0]
+        return steps, seconds, wait
 
     def end_of_epoch(self) -> None:
         """Closes an open window before evaluation runs.

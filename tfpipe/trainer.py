@@ -23,9 +23,10 @@ import keras
 import tensorflow as tf
 
 import models
+from tfpipe import checkpointing
 from tfpipe import config as config_lib
-from tfpipe import distribute, profiling
-from tfpipe.data import pipeline, sources
+from tfpipe import distribute, faults, profiling, train_input
+from tfpipe.data import check, pipeline, sources
 
 _ACCURACY = {
     "categorical_crossentropy": keras.metrics.CategoricalAccuracy,
@@ -91,6 +92,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     config_lib.dump(cfg, workdir / "config.yaml")
 
     # ---------------------------------------------------------------- Input
+    # Bad files fail here, naming file and record, before any training.
+    data_report = check.preflight(cfg.data, log=_say)
     train_source = sources.load(cfg.data, "train")
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -98,7 +101,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     def input_fn(split, training):
         return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
 
-    train_iterator = iter(strategy.distribute_datasets_from_function(input_fn("train", True)))
+    train_data = train_input.TrainInput(strategy, cfg.checkpoint.input, input_fn("train", True), cfg.data)
     eval_datasets = {
         split: strategy.distribute_datasets_from_function(input_fn(split, False))
         for split in ("validation", "test")
@@ -108,7 +111,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
-        model = models.build(cfg.model.name, features_spec.shape[1:], train_source.num_classes, cfg.model.params)
+        input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
+        model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
         optimizer = keras.optimizers.get(
             {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
         )
@@ -122,10 +126,11 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # Created outside the scope: a plain variable that Python can read with
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
     input_timer = profiling.InputWaitTimer(cfg.profile.measure_input_wait)
     profiler = profiling.Profiler(cfg.profile, workdir, input_timer)
 
-    def train_step(features, labels):
+    def compute_step(features, labels):
         with tf.GradientTape() as tape:
             predictions = model(features, training=True)
             per_example = loss_fn(labels, predictions)
@@ -133,18 +138,44 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
+        return grads, (per_example, labels, predictions), loss, nonfinite.flags(loss, grads)
+
+    def apply_step(grads, outputs):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        train_metrics.update(per_example, labels, predictions)
+        train_metrics.update(*outputs)
+
+    def train_step(iterator, index, done):
+        # The input-wait timer brackets the fetch; `done` is when the previous
+        # step's updates finished (tfpipe/profiling.py).
+        batch = input_timer.next(iterator, done, fetch=train_data.next_batch)
+        # Gradients are checked before they are applied (tfpipe/faults.py).
+        grads, outputs, loss, bad = strategy.run(compute_step, args=batch)
+        if nonfinite.check(strategy, index, loss, bad):
+            strategy.run(apply_step, args=(grads, outputs))
+        return input_timer.step_done(model.trainable_variables)
 
     @tf.function
     def train_loop(iterator, num_steps):
-        # A tensor num_steps makes a while loop; a Python int (inside the
-        # profiler's window) unrolls it, see tfpipe/profiling.py.
+        # A tensor num_steps makes a graph while-loop; a Python int (the
+        # profiler's window) unrolls it: xprof finds no steps in a while-loop.
         done = input_timer.token()
-        for _ in range(num_steps):
-            strategy.run(train_step, args=input_timer.next(iterator, done))
-            step.assign_add(1)
-            done = input_timer.step_done(model.trainable_variables)
+        for i in range(num_steps):
+            done = train_step(iterator, step + i, done)
+        step.assign_add(num_steps)
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
+
+    # One step per call needs no graph while-loop around it; at
+    # steps_per_loop=1 the loop's own cost is a measurable share of a step.
+    @tf.function
+    def train_once(iterator):
+        train_step(iterator, step.read_value(), input_timer.token())
+        step.assign_add(1)
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
+
+    def train_call(n: int, unrolled: bool = False):
+        if n == 1:
+            return train_once(train_data.iterator)
+        return train_loop(train_data.iterator, n if unrolled else tf.constant(n, tf.int64))
 
     def eval_step(features, labels):
         predictions = model(features, training=False)
@@ -161,62 +192,87 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         return eval_metrics.result()
 
     # ---------------------------------------------------------------- Restore
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(workdir / "checkpoints"), max_to_keep=cfg.checkpoint.keep, step_counter=step
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    checkpointer = checkpointing.Checkpointer(
+        workdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
+        model=model, optimizer=optimizer, random=checkpointing.random_state(model),
+        **train_data.trackables,
+    )  # fmt: skip
+    if checkpointer.restore():
         _say(
-            f"resuming from {manager.latest_checkpoint} at step {int(step)} "
-            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs})"
+            f"resuming from {checkpointer.latest} at step {int(step)} "
+            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
+    train_data.start(int(step))
 
     # ---------------------------------------------------------------- Loop
     writers = {
         name: tf.summary.create_file_writer(str(workdir / "logs" / name)) for name in ("train", "validation")
     }
-    timed_steps, timed_seconds, timed_wait, warm = 0, 0.0, 0.0, False
-    while int(step) < total_steps:
-        epoch = int(step) // steps_per_epoch
+    # Throughput counts only loop calls, and not the first call of the process
+    # (it traces and compiles). Results are read back (a host sync) only when
+    # the progress bar is due to redraw and at epoch ends, so Python queues the
+    # next call while the previous one runs, as `fit` does.
+    timed_steps, timed_seconds, timed_wait, traced = 0, 0.0, 0.0, False
+    current = int(step)
+    while current < total_steps:
+        epoch = current // steps_per_epoch
         epoch_end = (epoch + 1) * steps_per_epoch
         _say(f"epoch {epoch + 1}/{cfg.train.epochs}")
         progbar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         train_metrics.reset()
-        epoch_steps, epoch_seconds, epoch_wait = 0, 0.0, 0.0
-        while int(step) < epoch_end:
-            n = min(cfg.train.steps_per_loop, epoch_end - int(step))
-            wait = input_timer.seconds()
-            start = time.perf_counter()
-            with profiler.loop_call(int(step), n) as num_steps:
-                train_loop(train_iterator, num_steps)
-                result = train_metrics.result()  # reading the metric waits for the steps to finish
-            seconds = time.perf_counter() - start
-            wait = input_timer.seconds() - wait
-            epoch_steps, epoch_seconds, epoch_wait = epoch_steps + n, epoch_seconds + seconds, epoch_wait + wait
-            # The first call of a process includes tracing, and the profiler's
-            # calls compile or trace: not counted.
-            if warm and not profiler.last_call_profiled:
-                timed_steps, timed_seconds, timed_wait = timed_steps + n, timed_seconds + seconds, timed_wait + wait
-            warm = True
-            progbar.update(int(step) - epoch * steps_per_epoch, values=list(result.items()))
+        start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
+        wait_start = input_timer.seconds()
+        while current < epoch_end:
+            n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
+            # Marks, traces or unrolls the call when the profiler asks for it.
+            results = profiler.call(train_call, current, n)
+            current += n
+            if not traced:  # wait for the tracing call, then start the clock
+                float(results[0])
+                traced, start = True, time.perf_counter()
+                wait_start = input_timer.seconds()
+            else:
+                epoch_steps += n
+            now = time.perf_counter()
+            if now - last_draw > 0.2 or current == epoch_end:
+                values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
+                progbar.update(current - epoch * steps_per_epoch, values=values)
+                last_draw = now
+                nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
+            if checkpointer.due(current) or faults.preemption_requested():
+                nonfinite.after_loop(checkpointer.latest)  # never save past a stop
+                checkpointer.save(current)
+            if faults.preemption_requested():
+                for writer in writers.values():
+                    writer.flush()
+                raise faults.Preempted(current, checkpointer.latest)
         profiler.end_of_epoch()
+        epoch_seconds = time.perf_counter() - start
+        epoch_wait = input_timer.seconds() - wait_start
+        # The profiler's calls compile or trace: their time is not throughput.
+        skip_steps, skip_seconds, skip_wait = profiler.pop_profiled_time()
+        epoch_steps, epoch_seconds, epoch_wait = epoch_steps - skip_steps, epoch_seconds - skip_seconds, epoch_wait - skip_wait
+        if epoch_steps:
+            timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
+            timed_wait += epoch_wait
+        result = dict(values)
 
-        with writers["train"].as_default(step=int(step)):
+        with writers["train"].as_default(step=current):
             for name, value in result.items():
                 tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
-            tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
-            if input_timer.enabled:
-                tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
+            if epoch_steps:
+                tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
+                if input_timer.enabled:
+                    tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
         if "validation" in eval_datasets:
             val = evaluate("validation")
-            with writers["validation"].as_default(step=int(step)):
+            with writers["validation"].as_default(step=current):
                 for name, value in val.items():
                     tf.summary.scalar(name, value)
             _say(f"validation loss {val['loss']:.4f} accuracy {val['accuracy']:.4f}")
-        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or int(step) >= total_steps:
-            manager.save(checkpoint_number=int(step))
+        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
+            checkpointer.save(current)
     for writer in writers.values():
         writer.flush()
     profiler.finish(cfg)
@@ -237,7 +293,11 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "input_wait_fraction": timed_wait / timed_seconds if timed_seconds and input_timer.enabled else None,
         "epochs": cfg.train.epochs,
         "steps": int(step),
+        "nonfinite_skipped": int(nonfinite.skipped),
     }
+    if cfg.data.ignore_errors:
+        metrics["skipped_records"] = data_report.bad_records
+        _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
     with open(workdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
