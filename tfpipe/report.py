@@ -251,6 +251,22 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
                 "the map is called once per example; batching first and mapping whole batches "
                 "pays the per-call overhead once per batch [tf.data: batch() before map()]",
             )
+        readers_slow = any(s["stage"] in _READERS for s in stages[:3])
+        read = data.get("read", {}) if isinstance(data.get("read"), dict) else {}
+        if readers_slow and read.get("num_parallel_calls") == 1:
+            add(
+                "data.read.num_parallel_calls",
+                -1,
+                f"{input_pct} and files are read one at a time; -1 (AUTOTUNE) reads several in parallel "
+                "[tf.data: interleave(..., num_parallel_calls=tf.data.AUTOTUNE)]",
+            )
+        options = data.get("options", {}) if isinstance(data.get("options"), dict) else {}
+        if options.get("autotune") is False:
+            add(
+                "data.options.autotune",
+                True,
+                f"{input_pct} and tf.data's autotuning is off; it sizes parallelism and buffers to the machine",
+            )
         if data and not data.get("cache"):
             add(
                 "data.cache",
