@@ -14,6 +14,7 @@ def train_loop(iterator, num_steps):
         batch = input_timer.next(iterator, done)
         strategy.run(train_step, args=batch)
         done = input_timer.step_done(model.trainable_variables)
+    input_timer.flush(done)
 
 def train_call(n, unrolled=False):
     return train_loop(iterator, n if unrolled else tf.constant(n, tf.int64))
@@ -80,13 +81,15 @@ class InputWaitTimer:
     per loop call; the share of wall time is `input_wait_fraction`.
 
     Why the chaining: the graph executor runs ready ops in no fixed order.
-    Unchained, a start timestamp may run when the call begins and a stop
-    timestamp after the step's compute (both only wait for their inputs),
-    so compute would count as waiting; this was measured here at 50-75% on a
-    cached pipeline that the profiler put at 10-20%. Chained, a loop fed a
-    constant batch measures about 3%, the per-step cost of the fetch itself.
-    The cost is a few scalar ops per step and no extra host round trip
-    (benchmarks/measurement_overhead.py).
+    Unchained, a start timestamp may run when the call begins (and the next
+    fetch may overlap the previous step's compute), so compute would count
+    as waiting; this was measured here at 50-75% on a cached pipeline that
+    the profiler put at 10-20%. The cost is a few scalar ops and one read per
+    updated variable each step, no extra host round trip; what it costs in
+    throughput is in BENCHMARKS.md (benchmarks/measurement_overhead.py).
+    On sub-millisecond steps the figure still runs high: the iterator's
+    hand-over between threads counts as waiting, and `stop` may run a little
+    after the batch arrives.
 
     Args:
         enabled: False makes `next` a plain `next(iterator)` (for measuring
@@ -110,26 +113,16 @@ class InputWaitTimer:
         self._seconds = (
             tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait_seconds") if enabled else None
         )
+        self._waited = None
 
     def token(self):
-        """The token a loop starts with: the time the loop starts."""
-        return tf.timestamp() if self.enabled else tf.constant(0.0, tf.float64)
-
-    def step_done(self, variables):
-        """A token for "this step's computation is done": the time it ended.
-
-        Reading every updated variable makes the timestamp wait for the last
-        update (automatic control dependencies order a read after the writes
-        before it). Without this the graph may fetch the next batch while
-        the step still computes, and the "wait" would include compute.
-        """
+        """The token a loop starts with: [start time, seconds waited so far]."""
         if not self.enabled:
-            return tf.constant(0.0, tf.float64)
-        with tf.control_dependencies([tf.convert_to_tensor(v) for v in variables]):
-            return tf.timestamp()
+            return tf.zeros([2], tf.float64)
+        return tf.stack([tf.timestamp(), tf.constant(0.0, tf.float64)])
 
     def next(self, iterator, token, fetch=next):
-        """`fetch(iterator)`, timed from `token` (a `step_done` or `token` time)."""
+        """`fetch(iterator)`, timed from `token` (from `token` or `step_done`)."""
         if not self.enabled:
             return fetch(iterator)
         # Started inside this step (the token arrives through the loop), so
@@ -141,22 +134,36 @@ class InputWaitTimer:
         # expand_composites: a distributed iterator yields PerReplica values.
         with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
             stop = tf.timestamp()
-        self._seconds.assign_add(stop - start)
-        # The executor runs ready ops in no fixed order: without this gate the
-        # stop timestamp could run after the step's compute, which also only
-        # waits for the batch, and the compute would count as waiting.
-        with tf.control_dependencies([stop]):
-            return tf.nest.map_structure(_identity_on_device, batch, expand_composites=True)
+        # Handed to the step_done call of the same step (traced right after);
+        # no gate holds the step's compute until `stop` has run: on the digits
+        # MLP (0.2 ms steps) such a gate cost 7-17% of throughput.
+        self._waited = token[1] + (stop - start)
+        return batch
+
+    def step_done(self, variables):
+        """The token for the next step: when this step's updates were done.
+
+        Reading every updated variable makes the timestamp wait for the last
+        update (automatic control dependencies order a read after the writes
+        before it). Without this the graph may fetch the next batch while
+        the step still computes, and the "wait" would include compute. The
+        token also carries the seconds waited so far in this call, so the
+        variable is written once per call (`flush`), not once per step.
+        """
+        if not self.enabled:
+            return tf.zeros([2], tf.float64)
+        waited, self._waited = self._waited, None
+        with tf.control_dependencies([tf.convert_to_tensor(v) for v in variables]):
+            return tf.stack([tf.timestamp(), waited])
+
+    def flush(self, token):
+        """Adds the seconds a loop call waited (its last token) to the total."""
+        if self.enabled:
+            self._seconds.assign_add(token[1])
 
     def seconds(self) -> float:
         """Total seconds waited so far (0 when disabled)."""
         return float(self._seconds.numpy()) if self.enabled else 0.0
-
-
-def _identity_on_device(t):
-    # Each component stays on its replica's device: no copy, only an ordering edge.
-    with tf.device(t.device):
-        return tf.identity(t)
 
 
 def port_is_free(port: int) -> bool:

@@ -161,6 +161,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         done = input_timer.token()
         for i in range(num_steps):
             done = train_step(iterator, step + i, done)
+        input_timer.flush(done)
         step.assign_add(num_steps)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
@@ -168,7 +169,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # steps_per_loop=1 the loop's own cost is a measurable share of a step.
     @tf.function
     def train_once(iterator):
-        train_step(iterator, step.read_value(), input_timer.token())
+        input_timer.flush(train_step(iterator, step.read_value(), input_timer.token()))
         step.assign_add(1)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
