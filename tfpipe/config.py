@@ -276,6 +276,27 @@ class RuntimeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    """The profiler window, the optional profiler server and the always-on timer."""
+
+    # Capture one trace window and write report.json (see tfpipe/profiling.py).
+    enabled: bool = True
+    # The window opens at the first loop call starting at or after this step,
+    # after one untraced call that compiles the traced loop. Early steps are
+    # dominated by tracing, cache filling and tf.data autotuning and would
+    # mislead the report; runs shorter than this are not profiled.
+    start_step: int = _field(200, min=0)
+    # Steps the window covers, rounded up to whole loop calls.
+    num_steps: int = _field(100, min=1)
+    # A profiler server for on-demand capture (0 = none). TensorFlow 2.21
+    # binds it to every interface ([::]:port): it has no host argument.
+    server_port: int = _field(0, min=0, max=65535)
+    # Time each step's wait for its batch (input_wait_fraction); off only to
+    # measure what the timing costs.
+    measure_input_wait: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = _section(DataConfig)
     model: ModelConfig = _section(ModelConfig)
@@ -283,6 +304,7 @@ class Config:
     train: TrainConfig = _section(TrainConfig)
     checkpoint: CheckpointConfig = _section(CheckpointConfig)
     runtime: RuntimeConfig = _section(RuntimeConfig)
+    profile: ProfileConfig = _section(ProfileConfig)
 
 
 # ---------------------------------------------------------------- loading

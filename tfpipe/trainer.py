@@ -25,7 +25,7 @@ import tensorflow as tf
 import models
 from tfpipe import checkpointing
 from tfpipe import config as config_lib
-from tfpipe import distribute, faults, train_input
+from tfpipe import distribute, faults, profiling, train_input
 from tfpipe.data import check, pipeline, sources
 
 _ACCURACY = {
@@ -127,6 +127,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
+    input_timer = profiling.InputWaitTimer(cfg.profile.measure_input_wait)
+    profiler = profiling.Profiler(cfg.profile, workdir, input_timer)
 
     def compute_step(features, labels):
         with tf.GradientTape() as tape:
@@ -142,16 +144,24 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         train_metrics.update(*outputs)
 
-    def train_step(iterator, index):
+    def train_step(iterator, index, done):
+        # The input-wait timer brackets the fetch; `done` is when the previous
+        # step's updates finished (tfpipe/profiling.py).
+        batch = input_timer.next(iterator, done, fetch=train_data.next_batch)
         # Gradients are checked before they are applied (tfpipe/faults.py).
-        grads, outputs, loss, bad = strategy.run(compute_step, args=train_data.next_batch(iterator))
+        grads, outputs, loss, bad = strategy.run(compute_step, args=batch)
         if nonfinite.check(strategy, index, loss, bad):
             strategy.run(apply_step, args=(grads, outputs))
+        return input_timer.step_done(model.trainable_variables)
 
     @tf.function
     def train_loop(iterator, num_steps):
-        for i in tf.range(num_steps):
-            train_step(iterator, step + i)
+        # A tensor num_steps makes a graph while-loop; a Python int (the
+        # profiler's window) unrolls it: xprof finds no steps in a while-loop.
+        done = input_timer.token()
+        for i in range(num_steps):
+            done = train_step(iterator, step + i, done)
+        input_timer.flush(done)
         step.assign_add(num_steps)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
@@ -159,14 +169,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # steps_per_loop=1 the loop's own cost is a measurable share of a step.
     @tf.function
     def train_once(iterator):
-        train_step(iterator, step.read_value())
+        input_timer.flush(train_step(iterator, step.read_value(), input_timer.token()))
         step.assign_add(1)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
-    def train_call(n: int):
+    def train_call(n: int, unrolled: bool = False):
         if n == 1:
             return train_once(train_data.iterator)
-        return train_loop(train_data.iterator, tf.constant(n, tf.int64))
+        return train_loop(train_data.iterator, n if unrolled else tf.constant(n, tf.int64))
 
     def eval_step(features, labels):
         predictions = model(features, training=False)
@@ -203,7 +213,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # (it traces and compiles). Results are read back (a host sync) only when
     # the progress bar is due to redraw and at epoch ends, so Python queues the
     # next call while the previous one runs, as `fit` does.
-    timed_steps, timed_seconds, traced = 0, 0.0, False
+    timed_steps, timed_seconds, timed_wait, traced = 0, 0.0, 0.0, False
     current = int(step)
     while current < total_steps:
         epoch = current // steps_per_epoch
@@ -212,13 +222,16 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         progbar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         train_metrics.reset()
         start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
+        wait_start = input_timer.seconds()
         while current < epoch_end:
             n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
-            results = train_call(n)
+            # Marks, traces or unrolls the call when the profiler asks for it.
+            results = profiler.call(train_call, current, n)
             current += n
             if not traced:  # wait for the tracing call, then start the clock
                 float(results[0])
                 traced, start = True, time.perf_counter()
+                wait_start = input_timer.seconds()
             else:
                 epoch_steps += n
             now = time.perf_counter()
@@ -234,9 +247,15 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 for writer in writers.values():
                     writer.flush()
                 raise faults.Preempted(current, checkpointer.latest)
+        profiler.end_of_epoch()
         epoch_seconds = time.perf_counter() - start
+        epoch_wait = input_timer.seconds() - wait_start
+        # The profiler's calls compile or trace: their time is not throughput.
+        skip_steps, skip_seconds, skip_wait = profiler.pop_profiled_time()
+        epoch_steps, epoch_seconds, epoch_wait = epoch_steps - skip_steps, epoch_seconds - skip_seconds, epoch_wait - skip_wait
         if epoch_steps:
             timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
+            timed_wait += epoch_wait
         result = dict(values)
 
         with writers["train"].as_default(step=current):
@@ -245,6 +264,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
             if epoch_steps:
                 tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
+                if input_timer.enabled:
+                    tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
         if "validation" in eval_datasets:
             val = evaluate("validation")
             with writers["validation"].as_default(step=current):
@@ -255,6 +276,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             checkpointer.save(current)
     for writer in writers.values():
         writer.flush()
+    profiler.finish(cfg)
 
     # ---------------------------------------------------------------- Evaluate
     split = "test" if "test" in eval_datasets else "validation"
@@ -269,6 +291,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "loss": final["loss"],
         "eval_split": split,
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
+        "input_wait_fraction": timed_wait / timed_seconds if timed_seconds and input_timer.enabled else None,
         "epochs": cfg.train.epochs,
         "steps": int(step),
         "nonfinite_skipped": int(nonfinite.skipped),

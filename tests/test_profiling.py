@@ -1,0 +1,390 @@
+"""The profiler hooks: TensorBoard's profile views, on-demand capture, the
+bottleneck report's verdicts, the always-on input-wait timer, and training
+that survives profiler failures.
+
+Training runs that trace go to subprocesses: a process holds one profiler
+session and one device set-up (mirrored needs its own logical-CPU split).
+"""
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfpipe
+from tfpipe import profiling, report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Tiny and quick: one epoch of 40 steps on digits, calls of 10 steps, a warm-up
+# call at step 0 and three traced calls; the window closes at the epoch end.
+QUICK = [
+    "train.epochs=1",
+    "train.steps_per_loop=10",
+    "profile.start_step=0",
+    "profile.num_steps=30",
+]
+# The seed articles' sequential recipe: per-example map every epoch, one element
+# at a time, nothing prefetched.
+SEQUENTIAL = ["data.cache=", "data.map.num_parallel_calls=1", "data.prefetch=0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(workdir, overrides, config="configs/digits_mlp.yaml", background=False):
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / config), "--workdir", str(workdir)]
+    for item in overrides:
+        cmd += ["--set", item]
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three profiled runs: tuned (the config as shipped), sequential, mirrored."""
+    base = tmp_path_factory.mktemp("profiled")
+    out = {}
+    for name, extra in {
+        # A second epoch without the profiler gives throughput and scalars.
+        "tuned": ["train.epochs=2"],
+        "sequential": SEQUENTIAL,
+        "mirrored": ["runtime.strategy=mirrored", "runtime.logical_cpus=2"],
+    }.items():
+        workdir = base / name
+        stdout = train(workdir, QUICK + extra)
+        out[name] = (workdir, stdout)
+    return out
+
+
+class TensorBoard:
+    """A real `tensorboard` process on 127.0.0.1 and a free port."""
+
+    def __init__(self, logdir):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 120
+        while True:
+            try:
+                self.get("/data/plugins_listing")
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.close()
+                    raise RuntimeError(f"tensorboard did not come up: {self.proc.stderr.read()[-2000:]}")
+                time.sleep(0.5)
+
+    def get(self, path, **params):
+        url = f"http://127.0.0.1:{self.port}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=120) as r:
+            body = r.read()
+            if r.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+        return json.loads(body)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tuned", "mirrored"])
+def test_tensorboard_profile_plugin_shows_step_times(runs, name):
+    workdir, stdout = runs[name]
+    assert "profiled 30 steps (3 loop calls from step 10)" in stdout
+    profile_runs = list((workdir / "logs" / "plugins" / "profile").iterdir())
+    assert len(profile_runs) == 1 and list(profile_runs[0].glob("*.xplane.pb"))
+    tb = TensorBoard(workdir / "logs")
+    try:
+        listed = tb.get("/data/plugin/profile/runs")
+        assert profile_runs[0].name in listed
+        run = profile_runs[0].name
+        assert "input_pipeline_analyzer" in tb.get("/data/plugin/profile/run_tools", run=run)
+        host = tb.get("/data/plugin/profile/hosts", run=run, tag="input_pipeline_analyzer")[0]["hostname"]
+        tables = tb.get("/data/plugin/profile/data", run=run, tag="input_pipeline_analyzer", host=host)
+    finally:
+        tb.close()
+    steps = tables[1]
+    assert "No step time" not in steps["p"]["input_conclusion"]
+    labels = [row["c"][0]["v"] for row in steps["rows"]]
+    # The analyzer drops the first and last marker of a window as possibly partial.
+    assert labels and all(label.startswith("train ") for label in labels), labels
+    assert all(row["c"][-1]["v"] > 0 for row in steps["rows"])  # step time in ms
+
+
+@pytest.mark.slow
+def test_report_verdicts_sequential_vs_tuned(runs):
+    seq_dir, seq_out = runs["sequential"]
+    tuned_dir, _ = runs["tuned"]
+    seq = json.loads((seq_dir / "report.json").read_text())
+    tuned = json.loads((tuned_dir / "report.json").read_text())
+    assert "[tfpipe] profile report for" in seq_out and "verdict" in seq_out
+    assert seq["steps_per_marker"] == 10 and tuned["steps_per_marker"] == 10
+    assert seq["verdict"] == "input-bound", seq["verdict_text"]
+    assert tuned["verdict"] != "input-bound", tuned["verdict_text"]
+    assert seq["shares"]["input"] > tuned["shares"]["input"] + 0.15
+    keys = {r["key"]: r for r in seq["recommendations"]}
+    assert keys["data.map.num_parallel_calls"]["value"] == -1
+    assert keys["data.map.num_parallel_calls"]["current"] == 1
+    assert keys["data.prefetch"]["value"] == -1
+    assert "data.map.num_parallel_calls" not in {r["key"] for r in tuned["recommendations"]}
+    # Shares add up, per-step rows are per step (the call divided by 10).
+    assert abs(sum(seq["shares"].values()) - 1.0) < 1e-6
+    for r in (seq, tuned):
+        assert Path(r["chart"]).is_file() and Path(r["chart"]).parent == Path(r["report_json"]).parent
+        assert r["step_time_ms"]["min"] <= r["step_time_ms"]["mean"] <= r["step_time_ms"]["max"]
+        assert r["input_wait_fraction_always_on"] is not None
+    # The always-on timer tells the two pipelines apart too.
+    assert seq["input_wait_fraction_always_on"] > tuned["input_wait_fraction_always_on"]
+    # The sequential run's only timed calls were profiled: no throughput is
+    # claimed from them. The tuned run's second epoch was not profiled.
+    assert json.loads((seq_dir / "metrics.json").read_text())["examples_per_sec"] is None
+    tuned_metrics = json.loads((tuned_dir / "metrics.json").read_text())
+    assert tuned_metrics["examples_per_sec"] > 0
+    assert 0.0 <= tuned_metrics["input_wait_fraction"] <= 1.0
+
+
+@pytest.mark.slow
+def test_always_on_scalars_in_tensorboard_logs(runs):
+    workdir, _ = runs["tuned"]
+    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+
+    acc = event_accumulator.EventAccumulator(str(workdir / "logs" / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()["tensors"]
+    assert "input_wait_fraction" in tags and "examples_per_sec" in tags
+    values = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("input_wait_fraction")]
+    assert len(values) == 1 and 0.0 <= values[0] <= 1.0
+
+
+@pytest.mark.slow
+def test_capture_on_demand_from_running_job(tmp_path):
+    port = free_port()
+    job = train(
+        tmp_path / "job",
+        ["train.epochs=100000", "profile.enabled=false", f"profile.server_port={port}"],
+        background=True,
+    )
+    try:
+        lines = []
+        deadline = time.time() + 180
+        while not any("epoch 2/" in line for line in lines):
+            line = job.stdout.readline()
+            assert line or job.poll() is None, "".join(lines)[-3000:]
+            lines.append(line)
+            assert time.time() < deadline, "".join(lines)[-3000:]
+        assert any(f"profiler server on port {port}" in line for line in lines)
+        logdir = tmp_path / "captured"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "capture_profile.py"),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--duration_ms",
+                "1500",
+                "--logdir",
+                str(logdir),
+                "--analyze",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        job.kill()
+        job.wait(timeout=30)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = report.find_run_dir(logdir)
+    assert list(run_dir.glob("*.xplane.pb"))
+    captured = json.loads((run_dir / "report.json").read_text())
+    # Every call is marked while a server runs: the capture has step times.
+    assert captured["verdict"] in ("input-bound", "balanced", "compute-bound")
+    assert captured["steps_per_marker"] == 50 or captured["steps_per_marker"] == 40
+    assert "step time" in proc.stdout
+
+
+# ---------------------------------------------------------------- in-process
+
+
+def _plain_trace(logdir: Path, markers: bool):
+    """A Keras-less program: a tf.function step on a tf.data pipeline, traced
+    with the plain tf.profiler API."""
+    ds = tf.data.Dataset.range(10_000).map(lambda i: tf.cast(tf.fill([256], i), tf.float32)).batch(16)
+    it = iter(ds)
+    w = tf.Variable(tf.ones([256, 256]))
+
+    @tf.function
+    def step():
+        x = next(it)
+        w.assign(w * 0.999 + tf.reduce_mean(tf.matmul(x, w)) * 1e-9)
+
+    for _ in range(3):
+        step()
+    tf.profiler.experimental.start(str(logdir))
+    for n in range(8):
+        if markers:
+            with tf.profiler.experimental.Trace("step", step_num=n, _r=1):
+                step()
+        else:
+            step()
+    tf.profiler.experimental.stop()
+
+
+def test_analyze_profile_script_on_a_plain_tf_trace(tmp_path):
+    _plain_trace(tmp_path / "plain", markers=True)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "analyze_profile.py"), "--logdir", str(tmp_path / "plain"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "report.json").read_text())
+    assert result["steps_per_marker"] == 1  # step numbers 0, 1, 2, ...
+    assert result["markers"] >= 4
+    assert result["verdict"] in ("input-bound", "balanced", "compute-bound")
+    assert (out / "report.png").stat().st_size > 1000
+    assert "verdict" in proc.stdout
+
+
+def test_report_without_step_markers_says_so(tmp_path):
+    _plain_trace(tmp_path / "nomarkers", markers=False)
+    result = report.analyze(tmp_path / "nomarkers", out_dir=tmp_path / "out")
+    assert result["verdict"] == "unknown"
+    assert "step markers" in result["verdict_text"]
+    assert "unknown" in report.summary(result)
+
+
+def test_report_errors_name_the_path(tmp_path):
+    with pytest.raises(report.ProfileError, match="no such file"):
+        report.analyze(tmp_path / "missing")
+    with pytest.raises(report.ProfileError, match=r"no \*\.xplane\.pb"):
+        report.analyze(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "analyze_profile.py"), "--logdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "xplane.pb" in proc.stderr
+
+
+def test_steps_per_marker_is_inferred_from_step_numbers():
+    assert report._infer_steps_per_marker([40, 80, 120, 160]) == 40
+    assert report._infer_steps_per_marker([3, 4, 5]) == 1
+    assert report._infer_steps_per_marker([None]) == 1
+
+
+def _wait_fraction(dataset) -> float:
+    """Runs a small model on `dataset` with the timer; the waited share of wall time."""
+    timer = profiling.InputWaitTimer(True)
+    w = tf.Variable(tf.eye(192))
+    it = iter(dataset)
+
+    @tf.function
+    def loop(n):
+        done = timer.token()
+        for _ in tf.range(n):
+            x = timer.next(it, done)
+            # About a millisecond of compute that needs the batch.
+            y = w + tf.reduce_mean(x)
+            for _ in range(4):
+                y = tf.matmul(y, w)
+            w.assign(w + tf.reduce_mean(y) * 1e-9)
+            done = timer.step_done([w])
+        timer.flush(done)
+
+    loop(tf.constant(12))  # compiles, and fills a cache of 8 batches
+    wait0, start = timer.seconds(), time.perf_counter()
+    loop(tf.constant(30))
+    return (timer.seconds() - wait0) / (time.perf_counter() - start)
+
+
+def test_input_wait_timer_tells_slow_from_cached_pipelines():
+    def slow(i):
+        # An expensive per-example op, one element at a time.
+        m = tf.random.stateless_uniform([128, 128], seed=tf.stack([i, i]))
+        for _ in range(6):
+            m = tf.matmul(m, m) / 128.0
+        return m[0, :64]
+
+    base = tf.data.Dataset.range(10**6)
+    sequential = base.map(slow).batch(8)
+    cached = base.take(64).map(slow).cache().repeat().batch(8).prefetch(4)
+    slow_wait, cached_wait = _wait_fraction(sequential), _wait_fraction(cached)
+    assert slow_wait > 0.5, slow_wait
+    assert cached_wait < slow_wait - 0.25, (cached_wait, slow_wait)
+
+
+def test_input_wait_timer_off_is_plain_next():
+    timer = profiling.InputWaitTimer(False)
+    it = iter(tf.data.Dataset.range(3))
+    assert int(timer.next(it, timer.token())) == 0
+    assert timer.seconds() == 0.0
+
+
+def _tiny_cfg(*overrides):
+    return tfpipe.load_config(ROOT / "configs/digits_mlp.yaml", overrides=[*QUICK, *overrides])
+
+
+def test_profiler_failure_does_not_stop_training(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    (workdir / "logs").mkdir(parents=True)
+    # The profiler's directory is a file: the trace cannot be written.
+    (workdir / "logs" / "plugins").write_text("not a directory")
+    metrics = tfpipe.train(_tiny_cfg("profile.start_step=0"), workdir)
+    out = capsys.readouterr().out
+    assert "warning: profiler" in out
+    assert metrics["steps"] == 40 and (workdir / "metrics.json").is_file()
+    assert not (workdir / "report.json").exists()
+
+
+def test_busy_server_port_does_not_stop_training(tmp_path, capsys):
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        metrics = tfpipe.train(_tiny_cfg("profile.enabled=false", f"profile.server_port={port}"), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert f"port {port} is in use" in out
+    assert metrics["steps"] == 40
+
+
+def test_profile_config_is_checked():
+    with pytest.raises(tfpipe.ConfigError, match="profile.server_port: expected a value <= 65535"):
+        tfpipe.load_config(overrides=["profile.server_port=70000"])
+    with pytest.raises(tfpipe.ConfigError, match="profile.start_step"):
+        tfpipe.load_config(overrides=["profile.start_stp=3"])
+    cfg = tfpipe.load_config(overrides=["profile.measure_input_wait=false"])
+    assert cfg.profile.measure_input_wait is False and cfg.profile.server_port == 0
+
+
+def test_measurement_off_leaves_no_fraction(tmp_path):
+    metrics = tfpipe.train(_tiny_cfg("profile.enabled=false", "profile.measure_input_wait=false"), tmp_path / "run")
+    assert metrics["input_wait_fraction"] is None
+    assert np.isfinite(metrics["loss"])
