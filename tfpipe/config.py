@@ -92,6 +92,19 @@ class MapConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataServiceConfig:
+    # host:port of a tf.data service dispatcher (scripts/data_service.py);
+    # "" keeps preprocessing in the training process.
+    address: str = ""
+    # parallel_epochs: every service worker produces the whole data set;
+    # distributed_epoch: the dispatcher hands each example out once per epoch.
+    processing_mode: str = _field("parallel_epochs", choices=("parallel_epochs", "distributed_epoch"))
+    # Training processes that name the same job share one stream of batches
+    # (each batch goes to one of them); "" gives each process its own job.
+    job_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "digits"
     split: SplitConfig = _section(SplitConfig)
@@ -107,6 +120,8 @@ class DataConfig:
     # -1 is tf.data.AUTOTUNE, 0 turns prefetching off.
     prefetch: int = _field(-1, min=-1)
     deterministic: bool = True
+    # Run the preprocessing on tf.data service workers instead of this host.
+    service: DataServiceConfig = _section(DataServiceConfig)
 
 
 # ---------------------------------------------------------------- model
@@ -154,7 +169,26 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-    strategy: str = _field("default", choices=("default", "mirrored"))
+    strategy: str = _field(
+        "default",
+        choices=("default", "one_device", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu"),
+    )
+    # Which devices hold the replicas: auto (GPUs if present, else CPUs), cpu
+    # or gpu (an error at start when this machine has none).
+    device: str = _field("auto", choices=("auto", "cpu", "gpu"))
+    # TPU name or grpc:// address for strategy tpu; "" means the local TPU.
+    tpu: str = ""
+    # linear multiplies optimizer.learning_rate by the number of replicas in
+    # sync (the global batch grows with them); none keeps it.
+    lr_scaling: str = _field("none", choices=("none", "linear"))
+    # Compute in 16 bits, keep variables in float32; float16 adds loss scaling.
+    mixed_precision: str = _field("none", choices=("none", "mixed_float16", "mixed_bfloat16"))
+    # Compile the forward and backward pass of each step with XLA.
+    jit_compile: bool = False
+    # multi_worker_mirrored: seconds between checks that every peer is alive;
+    # a dead peer aborts the collectives, so the survivors exit with an error
+    # instead of waiting forever.
+    peer_check_seconds: int = _field(10, min=1)
     # Split the host CPU into this many logical devices (0 = leave as is), so
     # that a multi-replica strategy can be tried on a machine without GPUs.
     logical_cpus: int = _field(0, min=0)

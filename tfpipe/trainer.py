@@ -13,6 +13,7 @@ call rather than once per step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -83,12 +84,20 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     distribute.configure_devices(cfg.runtime)
+    distribute.serve_parameter_server_task(cfg.runtime)  # ps/worker tasks block here
     keras.utils.set_random_seed(cfg.runtime.seed)
     strategy = distribute.make_strategy(cfg.runtime)
+    # parameter_server: this process is the coordinator; steps run on workers.
+    coordinator = (
+        tf.distribute.coordinator.ClusterCoordinator(strategy) if distribute.is_parameter_server(strategy) else None
+    )
     global_batch = cfg.train.batch_size
     distribute.check_batch(global_batch, strategy)
-    _say(distribute.describe(strategy, global_batch))
-    config_lib.dump(cfg, workdir / "config.yaml")
+    learning_rate = distribute.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
+    _say(distribute.describe(strategy, global_batch, cfg.runtime, learning_rate))
+    # Only the chief writes into workdir; other workers write to a temporary dir.
+    outdir = Path(distribute.output_dir(workdir))
+    config_lib.dump(cfg, outdir / "config.yaml")
 
     # ---------------------------------------------------------------- Input
     train_source = sources.load(cfg.data, "train")
@@ -98,20 +107,31 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     def input_fn(split, training):
         return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
 
-    train_iterator = iter(strategy.distribute_datasets_from_function(input_fn("train", True)))
-    eval_datasets = {
-        split: strategy.distribute_datasets_from_function(input_fn(split, False))
-        for split in ("validation", "test")
-        if sources.load(cfg.data, split).num_examples > 0
-    }
+    eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
+    if coordinator:
+        # Asynchronous workers gain nothing from reading the same order: an
+        # unseeded shuffle gives each one its own.
+        worker_data = dataclasses.replace(cfg.data, shuffle=dataclasses.replace(cfg.data.shuffle, seed=None))
+        train_iterator = iter(
+            coordinator.create_per_worker_dataset(
+                lambda: pipeline.build(worker_data, "train", global_batch, training=True)
+            )
+        )
+        # The coordinator evaluates inline, reading the variables from the ps tasks.
+        eval_datasets = {split: pipeline.build(cfg.data, split, global_batch, training=False) for split in eval_splits}
+    else:
+        train_iterator = iter(strategy.distribute_datasets_from_function(input_fn("train", True)))
+        eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     features_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec[0]
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
-        model = models.build(cfg.model.name, features_spec.shape[1:], train_source.num_classes, cfg.model.params)
+        with distribute.precision_policy(cfg.runtime):
+            model = models.build(cfg.model.name, features_spec.shape[1:], train_source.num_classes, cfg.model.params)
         optimizer = keras.optimizers.get(
-            {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
+            {"class_name": cfg.optimizer.name, "config": {"learning_rate": learning_rate}}
         )
+        optimizer = distribute.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
         train_metrics = _Metrics(cfg.model.loss, "train")
@@ -123,14 +143,27 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
-    def train_step(features, labels):
+    def forward_backward(features, labels):
         with tf.GradientTape() as tape:
-            predictions = model(features, training=True)
+            # Under mixed precision the model computes in 16 bits; the loss
+            # and the metrics are kept in float32.
+            predictions = tf.cast(model(features, training=True), tf.float32)
             per_example = loss_fn(labels, predictions)
             loss = tf.nn.compute_average_loss(per_example)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
+            # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
+            # apply_gradients then unscales and skips non-finite steps.
+            loss = optimizer.scale_loss(loss)
+        return per_example, predictions, tape.gradient(loss, model.trainable_variables)
+
+    if cfg.runtime.jit_compile:
+        # XLA compiles the model's forward and backward pass; the optimizer
+        # update stays outside because its cross-replica sum cannot be compiled.
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def train_step(features, labels):
+        per_example, predictions, grads = forward_backward(features, labels)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         train_metrics.update(per_example, labels, predictions)
 
@@ -140,6 +173,13 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             strategy.run(train_step, args=next(iterator))
             step.assign_add(1)
 
+    @tf.function
+    def worker_loop(iterator, num_steps):
+        # parameter_server: runs on whichever worker the coordinator picks;
+        # the coordinator counts the steps it schedules.
+        for _ in tf.range(num_steps):
+            strategy.run(train_step, args=next(iterator))
+
     def eval_step(features, labels):
         predictions = model(features, training=False)
         eval_metrics.update(loss_fn(labels, predictions), labels, predictions)
@@ -147,7 +187,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     @tf.function
     def eval_loop(dataset):
         for features, labels in dataset:
-            strategy.run(eval_step, args=(features, labels))
+            if coordinator:
+                eval_step(features, labels)
+            else:
+                strategy.run(eval_step, args=(features, labels))
 
     def evaluate(split) -> dict:
         eval_metrics.reset()
@@ -156,19 +199,22 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     # ---------------------------------------------------------------- Restore
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    # Every worker saves (a collective under multi_worker_mirrored), each into
+    # its own outdir; every worker restores from the chief's checkpoints.
     manager = tf.train.CheckpointManager(
-        checkpoint, str(workdir / "checkpoints"), max_to_keep=cfg.checkpoint.keep, step_counter=step
+        checkpoint, str(outdir / "checkpoints"), max_to_keep=cfg.checkpoint.keep, step_counter=step
     )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
         _say(
-            f"resuming from {manager.latest_checkpoint} at step {int(step)} "
+            f"resuming from {latest} at step {int(step)} "
             f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs})"
         )
 
     # ---------------------------------------------------------------- Loop
     writers = {
-        name: tf.summary.create_file_writer(str(workdir / "logs" / name)) for name in ("train", "validation")
+        name: tf.summary.create_file_writer(str(outdir / "logs" / name)) for name in ("train", "validation")
     }
     timed_steps, timed_seconds, warm = 0, 0.0, False
     while int(step) < total_steps:
@@ -181,7 +227,13 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         while int(step) < epoch_end:
             n = min(cfg.train.steps_per_loop, epoch_end - int(step))
             start = time.perf_counter()
-            train_loop(train_iterator, tf.constant(n, tf.int64))
+            if coordinator:
+                coordinator.schedule(worker_loop, args=(train_iterator, tf.constant(n, tf.int64)))
+                step.assign_add(n)
+                if int(step) >= epoch_end:
+                    coordinator.join()  # the epoch's scheduled steps have all run
+            else:
+                train_loop(train_iterator, tf.constant(n, tf.int64))
             result = train_metrics.result()  # reading the metric waits for the steps to finish
             seconds = time.perf_counter() - start
             epoch_steps, epoch_seconds = epoch_steps + n, epoch_seconds + seconds
@@ -211,7 +263,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     final = evaluate(split)
 
     # ---------------------------------------------------------------- Export
-    model.save(workdir / "model.keras")
+    model.save(outdir / "model.keras")
 
     # ---------------------------------------------------------------- Report
     metrics = {
@@ -222,8 +274,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "epochs": cfg.train.epochs,
         "steps": int(step),
     }
-    with open(workdir / "metrics.json", "w", encoding="utf-8") as f:
+    with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
+    distribute.cleanup_output_dir(outdir, workdir)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
     _say(
         f"done: {split} accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f}, "
