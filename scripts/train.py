@@ -37,7 +37,18 @@ def main(argv):
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(FLAGS.config))[0]}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    tfpipe.train(cfg, workdir)
+    from tfpipe import distribute  # pylint: disable=import-outside-toplevel
+
+    try:
+        tfpipe.train(cfg, workdir)
+    except distribute.StrategyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except distribute.PEER_ERRORS as e:
+        if not distribute.current_task().task_type:
+            raise
+        print(f"error: {distribute.peer_lost_message(e)}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -185,10 +185,6 @@ class RuntimeConfig:
     mixed_precision: str = _field("none", choices=("none", "mixed_float16", "mixed_bfloat16"))
     # Compile the forward and backward pass of each step with XLA.
     jit_compile: bool = False
-    # multi_worker_mirrored: seconds between checks that every peer is alive;
-    # a dead peer aborts the collectives, so the survivors exit with an error
-    # instead of waiting forever.
-    peer_check_seconds: int = _field(10, min=1)
     # Split the host CPU into this many logical devices (0 = leave as is), so
     # that a multi-replica strategy can be tried on a machine without GPUs.
     logical_cpus: int = _field(0, min=0)
