@@ -13,7 +13,6 @@ call rather than once per step.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -109,12 +108,12 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
     if coordinator:
-        # Asynchronous workers gain nothing from reading the same order: an
-        # unseeded shuffle gives each one its own.
-        worker_data = dataclasses.replace(cfg.data, shuffle=dataclasses.replace(cfg.data.shuffle, seed=None))
+        # One full-batch pipeline per worker (no sharding: ClusterCoordinator
+        # gives the dataset function no worker index, and with the seeded
+        # shuffle every worker reads the same order).
         train_iterator = iter(
             coordinator.create_per_worker_dataset(
-                lambda: pipeline.build(worker_data, "train", global_batch, training=True)
+                lambda: pipeline.build(cfg.data, "train", global_batch, training=True)
             )
         )
         # The coordinator evaluates inline, reading the variables from the ps tasks.
