@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -352,6 +354,14 @@ def wrap_optimizer(optimizer, runtime_cfg):
     import keras  # pylint: disable=import-outside-toplevel
 
     return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of the model's weights, bit for bit (hex)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- who writes files

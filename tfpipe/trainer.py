@@ -239,7 +239,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             if warm:  # the first call of a process includes tracing: not counted
                 timed_steps, timed_seconds = timed_steps + n, timed_seconds + seconds
             warm = True
-            progbar.update(int(step) - epoch * steps_per_epoch, values=list(result.items()))
+            # parameter_server: metrics are final only once the epoch is joined.
+            shown = list(result.items()) if not coordinator or int(step) >= epoch_end else None
+            progbar.update(int(step) - epoch * steps_per_epoch, values=shown)
 
         with writers["train"].as_default(step=int(step)):
             for name, value in result.items():
@@ -272,6 +274,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
         "epochs": cfg.train.epochs,
         "steps": int(step),
+        # Equal on every worker of a synchronous run: a cheap check they did not diverge.
+        "weights_sha256": distribute.weights_digest(model),
     }
     with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
@@ -279,6 +283,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
     _say(
         f"done: {split} accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f}, "
-        f"{eps} examples/sec, {metrics['steps']} steps -> {workdir}"
+        f"{eps} examples/sec, {metrics['steps']} steps, weights {metrics['weights_sha256'][:12]} -> "
+        + (str(workdir) if outdir == workdir else "(not the chief: outputs discarded)")
     )
     return metrics
