@@ -170,7 +170,21 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     def train_loop(iterator, num_steps):
         for _ in tf.range(num_steps):
             strategy.run(train_step, args=next(iterator))
-            step.assign_add(1)
+        step.assign_add(num_steps)
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
+
+    # One step per call needs no graph while-loop around it; at
+    # steps_per_loop=1 the loop's own cost is a measurable share of a step.
+    @tf.function
+    def train_once(iterator):
+        strategy.run(train_step, args=next(iterator))
+        step.assign_add(1)
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
+
+    def train_call(n: int):
+        if n == 1:
+            return train_once(train_iterator)
+        return train_loop(train_iterator, tf.constant(n, tf.int64))
 
     @tf.function
     def worker_loop(iterator, num_steps):
@@ -178,6 +192,15 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         # the coordinator counts the steps it schedules.
         for _ in tf.range(num_steps):
             strategy.run(train_step, args=next(iterator))
+
+    def schedule_call(n: int, epoch_ends: bool):
+        # parameter_server: queue n steps for whichever worker is free and
+        # return at once; the metrics are final once the epoch is joined.
+        coordinator.schedule(worker_loop, args=(train_iterator, tf.constant(n, tf.int64)))
+        step.assign_add(n)
+        if epoch_ends:
+            coordinator.join()
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
 
     def eval_step(features, labels):
         predictions = model(features, training=False)
@@ -215,47 +238,52 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     writers = {
         name: tf.summary.create_file_writer(str(outdir / "logs" / name)) for name in ("train", "validation")
     }
-    timed_steps, timed_seconds, warm = 0, 0.0, False
-    while int(step) < total_steps:
-        epoch = int(step) // steps_per_epoch
+    # Throughput counts only loop calls, and not the first call of the process
+    # (it traces and compiles). Results are read back (a host sync) only when
+    # the progress bar is due to redraw and at epoch ends, so Python queues the
+    # next call while the previous one runs, as `fit` does.
+    timed_steps, timed_seconds, traced = 0, 0.0, False
+    current = int(step)
+    while current < total_steps:
+        epoch = current // steps_per_epoch
         epoch_end = (epoch + 1) * steps_per_epoch
         _say(f"epoch {epoch + 1}/{cfg.train.epochs}")
         progbar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         train_metrics.reset()
-        epoch_steps, epoch_seconds = 0, 0.0
-        while int(step) < epoch_end:
-            n = min(cfg.train.steps_per_loop, epoch_end - int(step))
-            start = time.perf_counter()
-            if coordinator:
-                coordinator.schedule(worker_loop, args=(train_iterator, tf.constant(n, tf.int64)))
-                step.assign_add(n)
-                if int(step) >= epoch_end:
-                    coordinator.join()  # the epoch's scheduled steps have all run
+        start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
+        while current < epoch_end:
+            n = min(cfg.train.steps_per_loop, epoch_end - current)
+            results = schedule_call(n, current + n >= epoch_end) if coordinator else train_call(n)
+            current += n
+            if not traced:  # wait for the tracing call, then start the clock
+                float(results[0])
+                traced, start = True, time.perf_counter()
             else:
-                train_loop(train_iterator, tf.constant(n, tf.int64))
-            result = train_metrics.result()  # reading the metric waits for the steps to finish
-            seconds = time.perf_counter() - start
-            epoch_steps, epoch_seconds = epoch_steps + n, epoch_seconds + seconds
-            if warm:  # the first call of a process includes tracing: not counted
-                timed_steps, timed_seconds = timed_steps + n, timed_seconds + seconds
-            warm = True
-            # parameter_server: metrics are final only once the epoch is joined.
-            shown = list(result.items()) if not coordinator or int(step) >= epoch_end else None
-            progbar.update(int(step) - epoch * steps_per_epoch, values=shown)
+                epoch_steps += n
+            now = time.perf_counter()
+            if now - last_draw > 0.2 or current == epoch_end:
+                values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
+                progbar.update(current - epoch * steps_per_epoch, values=values)
+                last_draw = now
+        epoch_seconds = time.perf_counter() - start
+        if epoch_steps:
+            timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
+        result = dict(values)
 
-        with writers["train"].as_default(step=int(step)):
+        with writers["train"].as_default(step=current):
             for name, value in result.items():
                 tf.summary.scalar(name, value)
             tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
-            tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
+            if epoch_steps:
+                tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
         if "validation" in eval_datasets:
             val = evaluate("validation")
-            with writers["validation"].as_default(step=int(step)):
+            with writers["validation"].as_default(step=current):
                 for name, value in val.items():
                     tf.summary.scalar(name, value)
             _say(f"validation loss {val['loss']:.4f} accuracy {val['accuracy']:.4f}")
-        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or int(step) >= total_steps:
-            manager.save(checkpoint_number=int(step))
+        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
+            manager.save(checkpoint_number=current)
     for writer in writers.values():
         writer.flush()
 

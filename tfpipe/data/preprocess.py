@@ -57,6 +57,19 @@ STEPS = {
     "reshape": reshape,
 }
 
+# Ops whose output differs between epochs (augmentation). Everything before the
+# first of them is deterministic and can run once, before the cache.
+RANDOM_OPS: frozenset = frozenset()
+
+
+def split_at_first_random(steps) -> tuple[tuple, tuple]:
+    """Splits steps into a deterministic prefix and the rest (from the first random op)."""
+    steps = tuple(steps)
+    for i, step in enumerate(steps):
+        if step["op"] in RANDOM_OPS:
+            return steps[:i], steps[i:]
+    return steps, ()
+
 
 def check_steps(steps, where: str = "config") -> None:
     """Raises ValueError naming the step when an op or its arguments are wrong."""

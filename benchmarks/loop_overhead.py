@@ -1,0 +1,139 @@
+"""tfpipe's training loop against Keras `model.fit`, side by side.
+
+Same model (the seed MLP), same data, same tf.data pipeline, same batch:
+only the loop differs. tfpipe runs `train.steps_per_loop` steps per
+tf.function call; `fit` runs `steps_per_execution` steps per call. Each
+variant runs in its own process (fresh graph, fresh thread pools), the
+variants take turns over several rounds so that a load spike on this shared
+machine hits all of them, and the median of the rounds is reported.
+
+    python benchmarks/loop_overhead.py [--rounds 3] [--epochs 15]
+
+Writes benchmarks/results/loop_overhead.json and prints a table with ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "digits_mlp.yaml"
+VARIANTS = {
+    "tfpipe_spl1": ("tfpipe", 1),
+    "tfpipe_spl50": ("tfpipe", 50),
+    "fit_spe1": ("fit", 1),
+    "fit_spe50": ("fit", 50),
+}
+
+
+def run_tfpipe(steps_per_call: int, epochs: int) -> float:
+    import tfpipe  # pylint: disable=import-outside-toplevel
+
+    cfg = tfpipe.load_config(CONFIG, overrides=[f"train.epochs={epochs}", f"train.steps_per_loop={steps_per_call}"])
+    with tempfile.TemporaryDirectory() as workdir:
+        # examples_per_sec counts only the loop calls, without the first (tracing) call.
+        return tfpipe.train(cfg, workdir)["examples_per_sec"]
+
+
+def run_fit(steps_per_call: int, epochs: int) -> float:
+    import keras  # pylint: disable=import-outside-toplevel
+    import math  # pylint: disable=import-outside-toplevel
+
+    import models  # pylint: disable=import-outside-toplevel
+    import tfpipe  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+
+    cfg = tfpipe.load_config(CONFIG)
+    keras.utils.set_random_seed(cfg.runtime.seed)
+    batch = cfg.train.batch_size
+    train = sources.load(cfg.data, "train")
+    steps = math.ceil(train.num_examples / batch)
+    dataset = pipeline.build(cfg.data, "train", batch, training=True)
+    model = models.build(cfg.model.name, dataset.element_spec[0].shape[1:], train.num_classes, cfg.model.params)
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.optimizer.learning_rate),
+        loss=cfg.model.loss,
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_call,
+    )
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    timer = Timer()
+    model.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    # Epoch 1 includes tracing, as tfpipe's first call does: both drop it.
+    return steps * (epochs - 1) * batch / sum(timer.seconds[1:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.variant:  # child process: one measurement, printed as JSON
+        kind, k = VARIANTS[args.variant]
+        eps = (run_tfpipe if kind == "tfpipe" else run_fit)(k, args.epochs)
+        print("RESULT " + json.dumps({"examples_per_sec": eps}))
+        return
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    samples = {name: [] for name in VARIANTS}
+    for r in range(args.rounds):
+        order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
+        for name in order:
+            out = subprocess.run(
+                [sys.executable, __file__, "--variant", name, "--epochs", str(args.epochs)],
+                env=env, capture_output=True, text=True, check=False,
+            )
+            lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            if out.returncode or not lines:
+                sys.exit(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+            samples[name].append(json.loads(lines[-1][7:])["examples_per_sec"])
+            print(f"round {r + 1}: {name:13s} {samples[name][-1]:10.0f} examples/sec", flush=True)
+
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    ratios = {
+        "tfpipe_spl1 / fit_spe1 (target >= 1.2)": med["tfpipe_spl1"] / med["fit_spe1"],
+        "tfpipe_spl50 / fit_spe50 (target >= 1.2)": med["tfpipe_spl50"] / med["fit_spe50"],
+        "tfpipe_spl50 / fit_spe1 (default vs default, target >= 4)": med["tfpipe_spl50"] / med["fit_spe1"],
+    }
+    print("\nmedian examples/sec over", args.rounds, "rounds:")
+    for name, value in med.items():
+        print(f"  {name:13s} {value:10.0f}")
+    for name, value in ratios.items():
+        print(f"  {name}: {value:.2f}x")
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python benchmarks/loop_overhead.py " + " ".join(sys.argv[1:]),
+        "epochs": args.epochs,
+        "samples": samples,
+        "median_examples_per_sec": med,
+        "ratios": ratios,
+    }
+    out = ROOT / "benchmarks" / "results" / "loop_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
