@@ -221,8 +221,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     # ---------------------------------------------------------------- Restore
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    # Every worker saves (a collective under multi_worker_mirrored), each into
-    # its own outdir; every worker restores from the chief's checkpoints.
+    # Every worker saves, each into its own outdir: under multi_worker_mirrored
+    # saving a sync-on-read variable all-reduces it, and a chief saving alone
+    # pairs that with a peer's next step (verified: "Shape mismatch in the
+    # collective instance"). Every worker restores from the chief's checkpoints.
     manager = tf.train.CheckpointManager(
         checkpoint, str(outdir / "checkpoints"), max_to_keep=cfg.checkpoint.keep, step_counter=step
     )
