@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import inspect
 
-from models import cnn, mlp
+from models import cnn, mlp, resnet, wide_deep
 
 # Dispatch by plain dict: add a model by adding a line here.
 MODELS = {
     "mlp": mlp.build,
     "cnn": cnn.build,
+    "resnet": resnet.build,
+    "wide_deep": wide_deep.build,
 }
 
 

@@ -3,6 +3,9 @@
     python scripts/train.py --config configs/digits_mlp.yaml [--workdir DIR] [--set train.epochs=5 ...]
 
 Config errors end the run with one line naming the key and what was expected.
+Exit codes: 0 done, 2 config or data error, 3 non-finite loss (train.on_nonfinite:
+stop), 4 no checkpoint in the workdir can be restored, 143 preempted by
+SIGTERM after saving a checkpoint (rerun to continue).
 """
 
 import datetime
@@ -37,10 +40,24 @@ def main(argv):
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(FLAGS.config))[0]}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    from tfpipe import distribute  # pylint: disable=import-outside-toplevel
+    from tfpipe import checkpointing, distribute, faults  # pylint: disable=import-outside-toplevel
+    from tfpipe.data.check import DataError  # pylint: disable=import-outside-toplevel
 
+    faults.handle_sigterm()
     try:
         tfpipe.train(cfg, workdir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except faults.Preempted as e:
+        print(f"[tfpipe] {e}", flush=True)
+        return faults.EXIT_PREEMPTED
+    except faults.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return faults.EXIT_NONFINITE
+    except checkpointing.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 4
     except distribute.StrategyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

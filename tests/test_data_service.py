@@ -97,3 +97,11 @@ def test_training_through_the_service(service, tmp_path):
     metrics = tfpipe.train(cfg, tmp_path)
     assert metrics["steps"] == 3 * 40
     assert metrics["accuracy"] > 0.8, metrics  # chance is 0.1
+
+
+def test_service_input_cannot_be_checkpointed_as_an_iterator(tmp_path):
+    cfg = tfpipe.load_config(
+        "configs/digits_mlp.yaml", overrides=["data.service.address=127.0.0.1:1", "checkpoint.input=iterator"]
+    )
+    with pytest.raises(ValueError, match="checkpoint.input: 'iterator' cannot be saved when data.service.address is set"):
+        tfpipe.train(cfg, tmp_path)

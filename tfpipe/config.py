@@ -89,6 +89,90 @@ class MapConfig:
     # Preprocessing steps, in order: [{op: rescale, scale: 0.0625}, ...].
     # The ops and their arguments live in tfpipe/data/preprocess.py.
     steps: tuple = ()
+    # Batch first, then run the steps on whole batches: one call per batch
+    # instead of per example. Every step must then accept batches.
+    vectorized: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FilesConfig:
+    """Globs of the files a file source reads, per split (comma-separated globs allowed).
+
+    An empty validation or test glob means the split is absent. For `npz`,
+    `train` names the one file that `data.split` cuts into the three splits.
+    """
+
+    train: str = ""
+    validation: str = ""
+    test: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadConfig:
+    """How file sources list and read their files (parallel interleave)."""
+
+    # Files are sorted, then permuted with this seed (deterministic order).
+    shuffle_files: bool = True
+    seed: int = 0
+    # Files read at once; -1 lets tf.data pick (the number of cores).
+    cycle_length: int = _field(-1, min=-1)
+    # Consecutive records taken from one file before moving to the next.
+    block_length: int = _field(1, min=1)
+    # Threads reading files; -1 is AUTOTUNE, 1 reads sequentially.
+    num_parallel_calls: int = _field(-1, min=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvConfig:
+    header: bool = True
+    delimiter: str = ","
+    # Column name -> type (float, int, string); keys may be globs like "I*".
+    # Columns absent from the header are an error; header columns not matched
+    # here are read as strings.
+    columns: dict = _field({})
+    label_column: str = "label"
+    num_classes: int = _field(2, min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TFRecordConfig:
+    # A spec.json written by scripts/make_tfrecords.py; `features` overrides it.
+    spec_file: str = ""
+    # name -> {dtype: float32|int64|string, shape: [..], var_len: bool}.
+    features: dict = _field({})
+    label_key: str = "label"
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzConfig:
+    features_key: str = "x"
+    label_key: str = "y"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    num_examples: int = _field(1024, min=1)
+    # name -> {shape: [..], dtype: float32|int64|uint8|string}; one feature
+    # named "x" is returned as a tensor, several as a dict.
+    features: dict = _field({"x": {"shape": [8], "dtype": "float32"}})
+    num_classes: int = _field(10, min=1)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionsConfig:
+    """`tf.data.Options` applied to the finished pipeline."""
+
+    # 0 = share TensorFlow's global thread pool; N gives the input pipeline
+    # its own N threads, so it cannot starve (or be starved by) the model.
+    private_threadpool_size: int = _field(0, min=0)
+    autotune: bool = True
+    # 0 = all cores / no limit. Bounding them leaves room for the model.
+    autotune_cpu_budget: int = _field(0, min=0)
+    autotune_ram_budget_mb: int = _field(0, min=0)
+    # tf.data adds a prefetch after the last stage on its own; baselines turn
+    # it off to measure a really sequential pipeline.
+    inject_prefetch: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +190,14 @@ class DataServiceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    # A key of tfpipe.data.sources.SOURCES: digits, npz, csv, tfrecord, image_folder, synthetic.
     source: str = "digits"
+    files: FilesConfig = _section(FilesConfig)
+    read: ReadConfig = _section(ReadConfig)
+    csv: CsvConfig = _section(CsvConfig)
+    tfrecord: TFRecordConfig = _section(TFRecordConfig)
+    npz: NpzConfig = _section(NpzConfig)
+    synthetic: SyntheticConfig = _section(SyntheticConfig)
     split: SplitConfig = _section(SplitConfig)
     # How input pipelines (one per worker) divide the data: auto, file, data, off.
     shard_policy: str = _field("auto", choices=("auto", "file", "data", "off"))
@@ -117,9 +208,18 @@ class DataConfig:
     # Training batches are always full when the stream repeats; this applies
     # to evaluation batches and to non-repeating training data.
     drop_remainder: bool = False
+    # padded_batch instead of batch, for variable-length features.
+    padded_batch: bool = False
     # -1 is tf.data.AUTOTUNE, 0 turns prefetching off.
     prefetch: int = _field(-1, min=-1)
     deterministic: bool = True
+    options: OptionsConfig = _section(OptionsConfig)
+    # Preflight before training: "full" reads every record (and decodes every
+    # image) to find bad ones, "quick" checks files, headers and the first
+    # record, "off" skips it.
+    check: str = _field("quick", choices=("full", "quick", "off"))
+    # Skip bad records instead of failing; needs check: full, which counts them.
+    ignore_errors: bool = False
     # Run the preprocessing on tf.data service workers instead of this host.
     service: DataServiceConfig = _section(DataServiceConfig)
 
@@ -159,12 +259,23 @@ class TrainConfig:
     steps_per_loop: int = _field(50, min=1)
     # 0 = one epoch is one pass over the training split.
     steps_per_epoch: int = _field(0, min=0)
+    # A step with a non-finite loss or gradient: stop the run (naming the
+    # step), or skip its batch and go on. See tfpipe/faults.py.
+    on_nonfinite: str = _field("stop", choices=("stop", "skip"))
+    # With skip: stop anyway after this many skipped batches.
+    max_skipped_steps: int = _field(100, min=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every_epochs: int = _field(1, min=1)
+    # Also save every this many steps (0 = off): bounds the work lost to a
+    # kill to this many steps, mid-epoch too.
+    every_steps: int = _field(0, min=0)
     keep: int = _field(3, min=1)
+    # How the input position is saved: iterator (in the checkpoint), replay
+    # (rebuild and skip consumed batches), auto. See tfpipe/train_input.py.
+    input: str = _field("auto", choices=("auto", "iterator", "replay"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,6 +514,11 @@ def _check_cross_field(cfg: Config, where: str):
             f"{where}: data.split: validation + test must leave some training data, "
             f"got {split.validation} + {split.test} >= 1"
         )
+    if cfg.data.ignore_errors and cfg.data.check != "full":
+        raise ConfigError(
+            f"{where}: data.ignore_errors: true needs data.check: full (it counts what is skipped), "
+            f"got data.check: {cfg.data.check!r}"
+        )
     # Checked here rather than at build time so a typo fails before training starts.
     from tfpipe.data import preprocess, sources  # pylint: disable=import-outside-toplevel
     import models  # pylint: disable=import-outside-toplevel
@@ -412,7 +528,7 @@ def _check_cross_field(cfg: Config, where: str):
             f"{where}: data.source: expected one of {', '.join(sorted(sources.SOURCES))}, got {cfg.data.source!r}"
         )
     try:
-        preprocess.check_steps(cfg.data.map.steps, where=where)
+        preprocess.check_steps(cfg.data.map.steps, where=where, vectorized=cfg.data.map.vectorized)
         models.check(cfg.model.name, cfg.model.params, where=where)
     except ValueError as e:
         raise ConfigError(str(e)) from None

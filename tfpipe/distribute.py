@@ -278,6 +278,26 @@ def is_parameter_server(strategy) -> bool:
     return isinstance(strategy, tf.distribute.ParameterServerStrategy)
 
 
+class PerWorkerInput:
+    """parameter_server's training input: one pipeline on each worker.
+
+    `ClusterCoordinator.create_per_worker_dataset` builds the dataset on
+    every worker; a scheduled function receives that worker's iterator. The
+    dataset function gets no worker index, so there is no sharding, and with
+    a seeded shuffle every worker reads the same order. The iterators live on
+    the workers and are not checkpointed: a resumed run starts its input over.
+    """
+
+    mode = "per-worker"
+    trackables: dict = {}
+
+    def __init__(self, coordinator, dataset_fn):
+        self.iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
+
+    def start(self, step: int) -> None:  # pylint: disable=unused-argument
+        """Nothing to position: see the class docstring."""
+
+
 # ---------------------------------------------------------------- what a strategy changes
 
 

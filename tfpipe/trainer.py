@@ -23,9 +23,10 @@ import keras
 import tensorflow as tf
 
 import models
+from tfpipe import checkpointing
 from tfpipe import config as config_lib
-from tfpipe import distribute
-from tfpipe.data import pipeline, sources
+from tfpipe import distribute, faults, train_input
+from tfpipe.data import check, pipeline, sources
 
 _ACCURACY = {
     "categorical_crossentropy": keras.metrics.CategoricalAccuracy,
@@ -55,6 +56,19 @@ class _Metrics:
 
     def result(self) -> dict:
         return {"loss": float(self.loss.result()), "accuracy": float(self.accuracy.result())}
+
+
+def _input_mode(cfg) -> str:
+    """`checkpoint.input`, except that a tf.data service stream cannot be saved
+    (TF 2.21: "SaveInternal is not yet supported"), so there `auto` means replay."""
+    if not cfg.data.service.address:
+        return cfg.checkpoint.input
+    if cfg.checkpoint.input == "iterator":
+        raise ValueError(
+            "checkpoint.input: 'iterator' cannot be saved when data.service.address is set "
+            "(a tf.data service iterator is not checkpointable); use 'replay' or 'auto'"
+        )
+    return "replay"
 
 
 def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
@@ -99,6 +113,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     config_lib.dump(cfg, outdir / "config.yaml")
 
     # ---------------------------------------------------------------- Input
+    # Bad files fail here, naming file and record, before any training.
+    data_report = check.preflight(cfg.data, log=_say)
     train_source = sources.load(cfg.data, "train")
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -108,28 +124,20 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
     if coordinator:
-        # One full-batch pipeline per worker (no sharding: ClusterCoordinator
-        # gives the dataset function no worker index, and with the seeded
-        # shuffle every worker reads the same order).
-        train_iterator = iter(
-            coordinator.create_per_worker_dataset(
-                lambda: pipeline.build(cfg.data, "train", global_batch, training=True)
-            )
-        )
+        train_data = distribute.PerWorkerInput(coordinator, lambda: pipeline.build(cfg.data, "train", global_batch))
         # The coordinator evaluates inline, reading the variables from the ps tasks.
         eval_datasets = {split: pipeline.build(cfg.data, split, global_batch, training=False) for split in eval_splits}
     else:
-        train_iterator = iter(strategy.distribute_datasets_from_function(input_fn("train", True)))
+        train_data = train_input.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     features_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec[0]
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
+        input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
         with distribute.precision_policy(cfg.runtime):
-            model = models.build(cfg.model.name, features_spec.shape[1:], train_source.num_classes, cfg.model.params)
-        optimizer = keras.optimizers.get(
-            {"class_name": cfg.optimizer.name, "config": {"learning_rate": learning_rate}}
-        )
+            model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
+        optimizer = keras.optimizers.get({"class_name": cfg.optimizer.name, "config": {"learning_rate": learning_rate}})
         optimizer = distribute.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
@@ -141,8 +149,11 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # Created outside the scope: a plain variable that Python can read with
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
 
-    def forward_backward(features, labels):
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def compute_step(features, labels):
         with tf.GradientTape() as tape:
             # Under mixed precision the model computes in 16 bits; the loss
             # and the metrics are kept in float32.
@@ -152,24 +163,39 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
-            # apply_gradients then unscales and skips non-finite steps.
-            loss = optimizer.scale_loss(loss)
-        return per_example, predictions, tape.gradient(loss, model.trainable_variables)
+            # its apply_gradients unscales the gradients again.
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        # With loss scaling an overflowing gradient is routine (the optimizer
+        # lowers the scale and skips that update), so only the loss is checked.
+        checked = [loss] if loss_scaled else grads
+        return grads, (per_example, labels, predictions), loss, nonfinite.flags(loss, checked)
 
     if cfg.runtime.jit_compile:
         # XLA compiles the model's forward and backward pass; the optimizer
         # update stays outside because its cross-replica sum cannot be compiled.
-        forward_backward = tf.function(forward_backward, jit_compile=True)
+        compiled_step = tf.function(compute_step, jit_compile=True)
 
-    def train_step(features, labels):
-        per_example, predictions, grads = forward_backward(features, labels)
+        def compute_step(features, labels):  # pylint: disable=function-redefined
+            # Batches sliced from one host pipeline sit on the first device;
+            # XLA runs where its inputs are, so copy them to this replica's
+            # device first (else: "Trying to access resource .../replica_1").
+            return compiled_step(*tf.nest.map_structure(tf.identity, (features, labels)))
+
+    def apply_step(grads, outputs):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        train_metrics.update(per_example, labels, predictions)
+        train_metrics.update(*outputs)
+
+    def train_step(iterator, index):
+        # Gradients are checked before they are applied (tfpipe/faults.py).
+        grads, outputs, loss, bad = strategy.run(compute_step, args=train_data.next_batch(iterator))
+        if nonfinite.check(strategy, index, loss, bad):
+            strategy.run(apply_step, args=(grads, outputs))
 
     @tf.function
     def train_loop(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            strategy.run(train_step, args=next(iterator))
+        for i in tf.range(num_steps):
+            train_step(iterator, step + i)
         step.assign_add(num_steps)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
@@ -177,26 +203,28 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # steps_per_loop=1 the loop's own cost is a measurable share of a step.
     @tf.function
     def train_once(iterator):
-        strategy.run(train_step, args=next(iterator))
+        train_step(iterator, step.read_value())
         step.assign_add(1)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
     def train_call(n: int):
         if n == 1:
-            return train_once(train_iterator)
-        return train_loop(train_iterator, tf.constant(n, tf.int64))
+            return train_once(train_data.iterator)
+        return train_loop(train_data.iterator, tf.constant(n, tf.int64))
 
     @tf.function
     def worker_loop(iterator, num_steps):
-        # parameter_server: runs on whichever worker the coordinator picks;
-        # the coordinator counts the steps it schedules.
+        # parameter_server: runs on whichever worker the coordinator picks; the
+        # coordinator counts the steps it schedules. The non-finite guard's
+        # variables live on the coordinator, so workers apply every update.
         for _ in tf.range(num_steps):
-            strategy.run(train_step, args=next(iterator))
+            grads, outputs, _, _ = strategy.run(compute_step, args=next(iterator))
+            strategy.run(apply_step, args=(grads, outputs))
 
     def schedule_call(n: int, epoch_ends: bool):
         # parameter_server: queue n steps for whichever worker is free and
         # return at once; the metrics are final once the epoch is joined.
-        coordinator.schedule(worker_loop, args=(train_iterator, tf.constant(n, tf.int64)))
+        coordinator.schedule(worker_loop, args=(train_data.iterator, tf.constant(n, tf.int64)))
         step.assign_add(n)
         if epoch_ends:
             coordinator.join()
@@ -220,21 +248,22 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         return eval_metrics.result()
 
     # ---------------------------------------------------------------- Restore
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     # Every worker saves, each into its own outdir: under multi_worker_mirrored
     # saving a sync-on-read variable all-reduces it, and a chief saving alone
     # pairs that with a peer's next step (verified: "Shape mismatch in the
     # collective instance"). Every worker restores from the chief's checkpoints.
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(outdir / "checkpoints"), max_to_keep=cfg.checkpoint.keep, step_counter=step
-    )
-    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+    checkpointer = checkpointing.Checkpointer(
+        outdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
+        restore_dir=workdir / "checkpoints",
+        model=model, optimizer=optimizer, random=checkpointing.random_state(model),
+        **train_data.trackables,
+    )  # fmt: skip
+    if checkpointer.restore():
         _say(
-            f"resuming from {latest} at step {int(step)} "
-            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs})"
+            f"resuming from {checkpointer.latest} at step {int(step)} "
+            f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
+    train_data.start(int(step))
 
     # ---------------------------------------------------------------- Loop
     writers = {
@@ -254,7 +283,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         train_metrics.reset()
         start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
         while current < epoch_end:
-            n = min(cfg.train.steps_per_loop, epoch_end - current)
+            n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
             results = schedule_call(n, current + n >= epoch_end) if coordinator else train_call(n)
             current += n
             if not traced:  # wait for the tracing call, then start the clock
@@ -267,6 +296,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
                 progbar.update(current - epoch * steps_per_epoch, values=values)
                 last_draw = now
+                nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
+            if checkpointer.due(current) or faults.preemption_requested():
+                nonfinite.after_loop(checkpointer.latest)  # never save past a stop
+                checkpointer.save(current)
+            if faults.preemption_requested():
+                for writer in writers.values():
+                    writer.flush()
+                raise faults.Preempted(current, checkpointer.latest)
         epoch_seconds = time.perf_counter() - start
         if epoch_steps:
             timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
@@ -285,7 +322,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                     tf.summary.scalar(name, value)
             _say(f"validation loss {val['loss']:.4f} accuracy {val['accuracy']:.4f}")
         if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
-            manager.save(checkpoint_number=current)
+            checkpointer.save(current)
     for writer in writers.values():
         writer.flush()
 
@@ -304,9 +341,13 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
         "epochs": cfg.train.epochs,
         "steps": int(step),
+        "nonfinite_skipped": int(nonfinite.skipped),
         # Equal on every worker of a synchronous run: a cheap check they did not diverge.
         "weights_sha256": distribute.weights_digest(model),
     }
+    if cfg.data.ignore_errors:
+        metrics["skipped_records"] = data_report.bad_records
+        _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
     with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     distribute.cleanup_output_dir(outdir, workdir)

@@ -1,17 +1,145 @@
 """The input pipeline: the one place where tf.data stages are put together.
 
 `build` reads top to bottom in the order the stages run:
-source -> shard -> deterministic map -> cache -> shuffle -> repeat -> random map
--> batch -> prefetch.
+
+    source (list files -> shard by file -> parallel interleave | in-memory)
+    -> shard by example -> [parse + deterministic steps] -> cache
+    -> shuffle -> repeat -> [random steps] -> batch -> [vectorized steps]
+    -> prefetch -> options
+
 Every stage is driven by `DataConfig`; nothing here is tuned behind the
-config's back.
+config's back. `stages` lists the stage names in order and `build(...,
+stop_after=name)` cuts the pipeline after one of them, which is how
+`tfpipe.benchmark` measures each stage's throughput.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from tfpipe.data import preprocess, sources
+
+STAGES = ("read", "shard", "map_before_cache", "cache", "shuffle", "repeat", "map", "batch", "prefetch")
+
+_STATS_CACHE: dict = {}
+
+
+def _apply(ds, fns, data_cfg, batched: bool):
+    """Applies step functions: consecutive maps fused into one map call, filters as filters."""
+    run: list = []
+
+    def flush(ds):
+        if not run:
+            return ds
+        chain = list(run)
+        run.clear()
+
+        def fn(*args):
+            x, y = args if len(args) == 2 else (args[0], None)
+            for f in chain:
+                x, y = f(x, y)
+            return x, y
+
+        return ds.map(fn, num_parallel_calls=data_cfg.map.num_parallel_calls, deterministic=data_cfg.deterministic)
+
+    for f in fns:
+        if getattr(f, "is_filter", False):
+            ds = flush(ds)
+            if batched:
+                # Within a batch a filter is a mask: rows go, the batch shrinks.
+                def mask(x, y, keep_fn=f):
+                    keep = keep_fn(x, y)
+                    return tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), (x, y))
+
+                ds = ds.map(mask, num_parallel_calls=data_cfg.map.num_parallel_calls, deterministic=data_cfg.deterministic)
+            else:
+                ds = ds.filter(f)
+        else:
+            run.append(f)
+    return flush(ds)
+
+
+def resolve_stats(data_cfg) -> tuple:
+    """The steps with every `normalize` lacking mean/std filled from the training split.
+
+    Statistics come from the training split only (so evaluation never leaks
+    into preprocessing), through the steps before the normalize, without
+    augmentation; they are computed once per process and config.
+    """
+    steps = list(data_cfg.map.steps)
+    for i, step in enumerate(steps):
+        if step["op"] != "normalize" or ("mean" in step and "std" in step):
+            continue
+        cache_key = (repr(data_cfg), i)
+        if cache_key not in _STATS_CACHE:
+            limit = step.get("stats_examples", 50_000)
+            prefix = dataclasses.replace(
+                data_cfg, map=dataclasses.replace(data_cfg.map, steps=tuple(steps[:i]), vectorized=False)
+            )
+            ds = build(prefix, "train", 256, training=False, resolve=False, ignore_errors=data_cfg.ignore_errors)
+            ds = ds.unbatch().take(limit).batch(1024)
+            _STATS_CACHE[cache_key] = preprocess.compute_stats(ds, step.get("key"))
+        mean, std = _STATS_CACHE[cache_key]
+        steps[i] = {**step, "mean": mean, "std": std}
+    return tuple(steps)
+
+
+def _read(source, data_cfg, input_context):
+    """Raw records of one input pipeline, and whether they are sharded already."""
+    n = input_context.num_input_pipelines if input_context else 1
+    i = input_context.input_pipeline_id if input_context else 0
+    policy = data_cfg.shard_policy
+    if source.reader is None:
+        return source.examples, False
+    files = tf.data.Dataset.from_tensor_slices(list(source.files))
+    # Sharding by file keeps each worker reading whole files (no worker reads
+    # and discards the others' records); it needs at least one file per worker.
+    by_file = n > 1 and (policy == "file" or (policy == "auto" and len(source.files) >= n))
+    if by_file:
+        if len(source.files) < n:
+            raise ValueError(
+                f"data.shard_policy: file needs at least one file per input pipeline: "
+                f"{len(source.files)} files, {n} pipelines; use shard_policy: data or auto"
+            )
+        files = files.shard(n, i)
+    read = data_cfg.read
+    ds = files.interleave(
+        source.reader,
+        # -1 = AUTOTUNE for both: tf.data picks the cycle from the core count
+        # and tunes the reader threads.
+        cycle_length=None if read.cycle_length == -1 else read.cycle_length,
+        block_length=read.block_length,
+        num_parallel_calls=None if read.num_parallel_calls == 1 else read.num_parallel_calls,
+        deterministic=data_cfg.deterministic,
+    )
+    return ds, by_file
+
+
+def options(data_cfg) -> tf.data.Options:
+    """`tf.data.Options` from `data.options` and `data.deterministic`."""
+    cfg = data_cfg.options
+    opts = tf.data.Options()
+    opts.deterministic = data_cfg.deterministic
+    if cfg.private_threadpool_size:
+        # Own threads for the input pipeline: on a 2-core host the model's
+        # and the input's threads otherwise compete for the same pool.
+        opts.threading.private_threadpool_size = cfg.private_threadpool_size
+    if not cfg.autotune:
+        # Baselines only: fixed parallelism and buffer sizes as written.
+        opts.autotune.enabled = False
+    if cfg.autotune_cpu_budget:
+        # Caps the cores the autotuner may hand to input stages.
+        opts.autotune.cpu_budget = cfg.autotune_cpu_budget
+    if cfg.autotune_ram_budget_mb:
+        # Caps the memory of autotuned buffers (prefetch, parallel map).
+        opts.autotune.ram_budget = cfg.autotune_ram_budget_mb * 1024 * 1024
+    if not cfg.inject_prefetch:
+        # tf.data otherwise adds a prefetch of its own; the sequential
+        # baseline must not get one behind its back.
+        opts.experimental_optimization.inject_prefetch = False
+    return opts
 
 
 def build(
@@ -20,6 +148,9 @@ def build(
     global_batch_size: int,
     input_context: tf.distribute.InputContext | None = None,
     training: bool = True,
+    stop_after: str | None = None,
+    resolve: bool = True,
+    ignore_errors: bool | None = None,
 ) -> tf.data.Dataset:
     """Builds the batched dataset one input pipeline feeds to its replicas.
 
@@ -29,57 +160,110 @@ def build(
         global_batch_size: examples per step across all replicas.
         input_context: given by `strategy.distribute_datasets_from_function`;
             None for a single pipeline.
-        training: shuffle and repeat forever (train) or make one ordered pass.
+        training: shuffle, repeat forever and augment (train), or make one
+            ordered, deterministic pass (evaluation).
+        stop_after: one of `STAGES`: return the pipeline cut after that stage
+            (for per-stage benchmarks); None builds all of it.
+        resolve: fill `normalize` statistics from the training split.
+        ignore_errors: skip records whose parsing or decoding fails; default
+            `data_cfg.ignore_errors`.
 
     Returns:
-        A dataset of `(features, labels)` batches of the per-replica size.
+        A dataset of `(features, labels)` batches of the per-replica size
+        (unbatched elements if cut before `batch`).
     """
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after: expected one of {', '.join(STAGES)}, got {stop_after!r}")
+    ignore_errors = data_cfg.ignore_errors if ignore_errors is None else ignore_errors
     # get_per_replica_batch_size raises if the global batch does not split evenly;
     # distribute.check_batch says so earlier, with the config key.
     batch_size = input_context.get_per_replica_batch_size(global_batch_size) if input_context else global_batch_size
-    ds = sources.load(data_cfg, split).dataset
+    steps = resolve_stats(data_cfg) if resolve else tuple(data_cfg.map.steps)
+    vectorized = data_cfg.map.vectorized
+    source = sources.load(data_cfg, split)
 
-    if input_context is not None and input_context.num_input_pipelines > 1 and data_cfg.shard_policy != "off":
-        # Each worker reads a disjoint 1/N of the examples.
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    def done(ds, stage):
+        return stop_after == stage
 
-    # Deterministic steps run before the cache, so they run once rather than
-    # once per epoch: on the digits MLP a per-example map after `repeat` held
-    # the pipeline to ~47k examples/s, the same map before the cache ~670k.
-    before_cache, after_repeat = preprocess.split_at_first_random(data_cfg.map.steps)
-    if data_cfg.cache and before_cache:
-        ds = ds.map(
-            preprocess.compose(before_cache),
-            num_parallel_calls=data_cfg.map.num_parallel_calls,
-            deterministic=data_cfg.deterministic,
-        )
-    else:
-        after_repeat = before_cache + after_repeat
+    # ---- read: files interleaved in parallel, or the in-memory examples.
+    ds, sharded = _read(source, data_cfg, input_context)
+    if done(ds, "read"):
+        return ds.with_options(options(data_cfg))
+
+    # ---- shard by example when files were not sharded (too few, or policy).
+    n = input_context.num_input_pipelines if input_context else 1
+    if n > 1 and not sharded and data_cfg.shard_policy != "off":
+        ds = ds.shard(n, input_context.input_pipeline_id)
+    if done(ds, "shard"):
+        return ds.with_options(options(data_cfg))
+
+    # ---- split the steps: parse and deterministic steps can run once, before
+    # the cache; random ones (augmentation) every epoch, after repeat.
+    # Raw records are single tensors; parse makes them (features, label).
+    parse = [lambda record, _, p=source.parse: p(record)] if source.parse is not None else []
+    fns_before, fns_after = [], preprocess.build(steps, training)
+    if not vectorized:
+        before, after = preprocess.split_at_first_random(steps)
+        if data_cfg.cache:
+            fns_before = parse + preprocess.build(before, training)
+            fns_after = preprocess.build(after, training)
+        else:
+            fns_after = parse + preprocess.build(steps, training)
+        parse = []
+    elif not source.parse_batchable:
+        fns_before, parse = parse, []
+
+    if fns_before:
+        ds = _apply(ds, fns_before, data_cfg, batched=False)
+        if ignore_errors:
+            # Records that fail to parse or decode are dropped; check.py has
+            # counted them up front, so the skip is reported, not silent.
+            ds = ds.ignore_errors()
+    if done(ds, "map_before_cache"):
+        return ds.with_options(options(data_cfg))
 
     if data_cfg.cache == "memory":
         ds = ds.cache()
     elif data_cfg.cache:
         ds = ds.cache(data_cfg.cache)
+    if done(ds, "cache"):
+        return ds.with_options(options(data_cfg))
 
-    if training:
-        if data_cfg.shuffle.buffer_size > 0:
-            ds = ds.shuffle(
-                data_cfg.shuffle.buffer_size,
-                seed=data_cfg.shuffle.seed,
-                reshuffle_each_iteration=data_cfg.shuffle.reshuffle_each_iteration,
-            )
-        ds = ds.repeat()
-
-    if after_repeat:
-        ds = ds.map(
-            preprocess.compose(after_repeat),
-            num_parallel_calls=data_cfg.map.num_parallel_calls,
-            deterministic=data_cfg.deterministic,
+    if training and data_cfg.shuffle.buffer_size > 0:
+        ds = ds.shuffle(
+            data_cfg.shuffle.buffer_size,
+            seed=data_cfg.shuffle.seed,
+            reshuffle_each_iteration=data_cfg.shuffle.reshuffle_each_iteration,
         )
+    if done(ds, "shuffle"):
+        return ds.with_options(options(data_cfg))
+    if training:
+        ds = ds.repeat()
+    if done(ds, "repeat"):
+        return ds.with_options(options(data_cfg))
+
+    if not vectorized and fns_after:
+        ds = _apply(ds, fns_after, data_cfg, batched=False)
+        if ignore_errors and not fns_before:
+            ds = ds.ignore_errors()
+    if done(ds, "map"):
+        return ds.with_options(options(data_cfg))
 
     # A repeated stream never yields a short batch, so training keeps static
     # batch shapes; evaluation keeps its last partial batch unless asked not to.
-    ds = ds.batch(batch_size, drop_remainder=training or data_cfg.drop_remainder)
+    drop = training or data_cfg.drop_remainder
+    if data_cfg.padded_batch:
+        ds = ds.padded_batch(batch_size, drop_remainder=drop)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop)
+    if vectorized:
+        # Batch first, then one call per batch: per-element overhead dominates
+        # cheap parsing (CSV, tf.Example), so this is many times faster.
+        ds = _apply(ds, parse + fns_after, data_cfg, batched=True)
+        if ignore_errors:
+            ds = ds.ignore_errors()
+    if done(ds, "batch"):
+        return ds.with_options(options(data_cfg))
 
     if data_cfg.prefetch != 0:
         ds = ds.prefetch(data_cfg.prefetch)
@@ -88,10 +272,7 @@ def build(
         # Evaluation stays local: under parallel_epochs every service worker
         # would produce the whole split, so each example would count once per worker.
         ds = _on_data_service(ds, data_cfg.service)
-
-    options = tf.data.Options()
-    options.deterministic = data_cfg.deterministic
-    return ds.with_options(options)
+    return ds.with_options(options(data_cfg))
 
 
 # ---------------------------------------------------------------- tf.data service stage

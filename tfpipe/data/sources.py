@@ -1,26 +1,59 @@
-"""Data sources: each turns a `DataConfig` and a split name into single examples.
+"""Data sources: each turns a `DataConfig` and a split name into examples.
 
-A source returns a `Source`: a `tf.data.Dataset` of `(features, label)`
-pairs, one example per element, plus what the rest of tfpipe must know
-before it builds a model (example count, number of classes).
+A source returns a `Source`, which says where the examples come from and
+how to turn one raw record into `(features, label)`:
+
+- in-memory sources (digits, npz, synthetic) give `examples`, a dataset of
+  `(features, label)` pairs;
+- file sources (csv, tfrecord, image_folder) give the listed `files` and a
+  `reader` that opens one file as a dataset of raw records, plus `parse`,
+  which turns a raw record (or a batch of them, when `parse_batchable`) into
+  `(features, label)`. The pipeline decides how files are sharded and
+  interleaved, and whether parsing happens before or after batching.
+
+Files are listed from globs (comma-separated allowed), sorted, and permuted
+with `data.read.seed`, so every run and every worker sees the same order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
+import glob
+import os
+import re
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tfpipe.data import feature_spec
+
 SPLITS = ("train", "validation", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    dataset: tf.data.Dataset
     num_examples: int
     num_classes: int
+    # In-memory sources: a dataset of (features, label).
+    examples: Optional[tf.data.Dataset] = None
+    # File sources: listed files, a reader per file, and a parse function.
+    files: tuple = ()
+    reader: Optional[Callable] = None
+    parse: Optional[Callable] = None
+    # True when `parse` also accepts a batch of raw records (vectorized map).
+    parse_batchable: bool = True
+
+    @property
+    def dataset(self) -> tf.data.Dataset:
+        """All examples as `(features, label)` in file order, parsed one at a time."""
+        if self.examples is not None:
+            return self.examples
+        ds = tf.data.Dataset.from_tensor_slices(list(self.files)).flat_map(self.reader)
+        return ds.map(self.parse)
 
 
 def split_indices(n: int, validation: float, test: float, seed: int) -> dict[str, np.ndarray]:
@@ -35,6 +68,44 @@ def split_indices(n: int, validation: float, test: float, seed: int) -> dict[str
     }
 
 
+def list_files(pattern: str, read_cfg, key: str) -> tuple:
+    """Files matching the comma-separated globs, sorted then permuted with the read seed.
+
+    Raises:
+        FileNotFoundError: naming the config key and the glob that matched nothing.
+    """
+    files = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if not part:
+            continue
+        matched = sorted(glob.glob(part))
+        if not matched:
+            raise FileNotFoundError(f"{key}: {part!r} matches no file")
+        files.extend(matched)
+    files = sorted(set(files))
+    if read_cfg.shuffle_files:
+        files = [files[i] for i in np.random.default_rng(read_cfg.seed).permutation(len(files))]
+    return tuple(files)
+
+
+def _split_pattern(data_cfg, split: str) -> str:
+    return getattr(data_cfg.files, split)
+
+
+def _in_memory(x, y, data_cfg, split: str, num_classes: int) -> Source:
+    s = data_cfg.split
+    idx = split_indices(len(y), s.validation, s.test, s.seed)[split]
+    if isinstance(x, dict):
+        sliced = {k: v[idx] for k, v in x.items()}
+    else:
+        sliced = x[idx]
+    ds = tf.data.Dataset.from_tensor_slices((sliced, y[idx]))
+    return Source(num_examples=len(idx), num_classes=num_classes, examples=ds)
+
+
+# ---------------------------------------------------------------- digits
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_arrays():
     # scikit-learn ships these 1,797 8x8 images inside its wheel: no download.
@@ -47,15 +118,276 @@ def _digits_arrays():
 def digits(data_cfg, split: str) -> Source:
     """The embedded default: handwritten digits, 64 pixel values in 0..16."""
     x, y = _digits_arrays()
-    s = data_cfg.split
-    idx = split_indices(len(x), s.validation, s.test, s.seed)[split]
-    ds = tf.data.Dataset.from_tensor_slices((x[idx], y[idx]))
-    return Source(ds, num_examples=len(idx), num_classes=10)
+    return _in_memory(x, y, data_cfg, split, num_classes=10)
+
+
+# ---------------------------------------------------------------- npz
+
+
+def npz(data_cfg, split: str) -> Source:
+    """Arrays from one `.npz` file (`data.files.train`), cut by `data.split`."""
+    files = list_files(data_cfg.files.train, data_cfg.read, "data.files.train")
+    if len(files) != 1:
+        raise ValueError(f"data.files.train: expected one .npz file, {data_cfg.files.train!r} matches {len(files)}")
+    path = files[0]
+    with np.load(path) as f:
+        for key in (data_cfg.npz.features_key, data_cfg.npz.label_key):
+            if key not in f:
+                raise ValueError(f"{path}: expected an array named {key!r}, found {', '.join(f.files)}")
+        x, y = f[data_cfg.npz.features_key], f[data_cfg.npz.label_key]
+    if len(x) != len(y):
+        raise ValueError(f"{path}: {len(x)} feature rows but {len(y)} labels; expected the same number")
+    num_classes = int(y.max()) + 1 if len(y) and np.issubdtype(y.dtype, np.integer) else 0
+    return _in_memory(x, y, data_cfg, split, num_classes)
+
+
+# ---------------------------------------------------------------- synthetic
+
+_NP_DTYPES = {"float32": np.float32, "int64": np.int64, "uint8": np.uint8, "string": object}
+
+
+def synthetic(data_cfg, split: str) -> Source:
+    """Random examples with the shapes and dtypes of `data.synthetic.features`."""
+    cfg = data_cfg.synthetic
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.num_examples
+    arrays = {}
+    for name, spec in cfg.features.items():
+        dtype = spec.get("dtype", "float32")
+        if dtype not in _NP_DTYPES:
+            raise ValueError(
+                f"data.synthetic.features.{name}.dtype: expected one of {', '.join(_NP_DTYPES)}, got {dtype!r}"
+            )
+        shape = (n, *spec.get("shape", []))
+        if dtype == "float32":
+            arrays[name] = rng.standard_normal(shape, dtype=np.float32)
+        elif dtype == "string":
+            arrays[name] = np.char.mod("v%d", rng.integers(0, 1000, shape)).astype(object)
+        else:
+            arrays[name] = rng.integers(0, 256, shape).astype(_NP_DTYPES[dtype])
+    y = rng.integers(0, cfg.num_classes, n).astype(np.int64)
+    x = arrays["x"] if list(arrays) == ["x"] else arrays
+    return _in_memory(x, y, data_cfg, split, cfg.num_classes)
+
+
+# ---------------------------------------------------------------- csv
+
+_CSV_TYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
+
+
+def read_header(path: str, delimiter: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        line = f.readline().rstrip("\r\n")
+    if not line:
+        raise ValueError(f"{path}: line 1: expected a header row of column names, got an empty line")
+    return line.split(delimiter)
+
+
+def csv_columns(data_cfg, first_file: str) -> list[tuple[str, str]]:
+    """(name, type) per column, from the header of `first_file` and `data.csv.columns`."""
+    cfg = data_cfg.csv
+    if cfg.header:
+        names = read_header(first_file, cfg.delimiter)
+    else:
+        names = [k for k in cfg.columns if not any(ch in k for ch in "*?[")]
+    types = []
+    for name in names:
+        kind = "string"
+        for pattern, t in cfg.columns.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                kind = t
+        if kind not in _CSV_TYPES:
+            raise ValueError(f"data.csv.columns: {name}: expected one of float, int, string, got {kind!r}")
+        types.append((name, kind))
+    if cfg.label_column and cfg.label_column not in names:
+        raise ValueError(
+            f"{first_file}: data.csv.label_column {cfg.label_column!r} is not in the header "
+            f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+        )
+    return types
+
+
+_FIELD_REGEX = {
+    "float": r"\s*(?:[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|NaN|inf|Inf))?\s*",
+    "int": r"\s*[-+]?\d+\s*",
+    "string": r'(?:"(?:[^"]|"")*"|[^"\n]*?)',
+}
+
+
+def csv_line_regex(columns, delimiter: str) -> str:
+    """An RE2 pattern a CSV line matches iff decode_csv can parse it with these column types."""
+    sep = re.escape(delimiter)
+    parts = []
+    for _, kind in columns:
+        field = _FIELD_REGEX[kind]
+        if kind == "string":
+            field = f'(?:"(?:[^"]|"")*"|[^"{sep}]*)'
+        parts.append(field)
+    return sep.join(parts)
+
+
+def _count_lines(path: str, header: bool) -> int:
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":  # a last line without a newline still counts
+        n += 1
+    return n - (1 if header else 0)
+
+
+def csv(data_cfg, split: str) -> Source:
+    """Rows of CSV files: features are a dict of columns, the label one column.
+
+    Missing values: empty float fields read as NaN and empty strings as "",
+    so `drop_missing` can find them; an empty int field is an error.
+    """
+    pattern = _split_pattern(data_cfg, split)
+    if not pattern:
+        return Source(num_examples=0, num_classes=data_cfg.csv.num_classes, files=())
+    files = list_files(pattern, data_cfg.read, f"data.files.{split}")
+    cfg = data_cfg.csv
+    columns = csv_columns(data_cfg, sorted(files)[0])
+    defaults = []
+    for _, kind in columns:
+        if kind == "float":
+            defaults.append(tf.constant(float("nan"), tf.float32))
+        elif kind == "string":
+            defaults.append(tf.constant("", tf.string))
+        else:
+            defaults.append(tf.constant([], tf.int64))  # required: an empty field is an error
+    names = [n for n, _ in columns]
+
+    line_ok = csv_line_regex(columns, cfg.delimiter)
+
+    def reader(path):
+        ds = tf.data.TextLineDataset(path)
+        ds = ds.skip(1) if cfg.header else ds
+        if data_cfg.ignore_errors:
+            # decode_csv fails a whole batch for one bad row; dropping rows that
+            # do not match the column types keeps the good rows of that batch.
+            # check.py has counted the dropped rows before training.
+            ds = ds.filter(lambda line: tf.strings.regex_full_match(line, line_ok))
+        return ds
+
+    def parse(lines):
+        # decode_csv works on a scalar line or a vector of lines alike, so the
+        # same function serves per-example and batch-first (vectorized) maps.
+        values = tf.io.decode_csv(lines, defaults, field_delim=cfg.delimiter)
+        row = dict(zip(names, values))
+        label = row.pop(cfg.label_column) if cfg.label_column else tf.zeros_like(values[0], tf.int64)
+        return row, label
+
+    count = sum(_count_lines(f, cfg.header) for f in files)
+    return Source(num_examples=count, num_classes=cfg.num_classes, files=files, reader=reader, parse=parse)
+
+
+# ---------------------------------------------------------------- tfrecord
+
+
+def _count_records(files, counts: dict) -> int:
+    if all(os.path.basename(f) in counts for f in files):
+        return sum(int(counts[os.path.basename(f)]) for f in files)
+    ds = tf.data.TFRecordDataset(list(files))
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def tfrecord(data_cfg, split: str) -> Source:
+    """`tf.train.Example` records parsed with the feature spec.
+
+    Features other than the label come back as a tensor when there is one,
+    as a dict when there are several. Var-len features become dense tensors
+    (padded by `padded_batch` or by batch-first parsing).
+    """
+    spec = feature_spec.load(data_cfg.tfrecord)
+    pattern = _split_pattern(data_cfg, split)
+    if not pattern:
+        return Source(num_examples=0, num_classes=spec.num_classes, files=())
+    files = list_files(pattern, data_cfg.read, f"data.files.{split}")
+    parsers = spec.parsers()
+    label_key = data_cfg.tfrecord.label_key
+
+    def parse(serialized):
+        if serialized.shape.rank == 0:
+            parsed = tf.io.parse_single_example(serialized, parsers)
+        else:
+            parsed = tf.io.parse_example(serialized, parsers)
+        parsed = {k: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v for k, v in parsed.items()}
+        label = parsed.pop(label_key) if label_key else tf.zeros([], tf.int64)
+        features = next(iter(parsed.values())) if len(parsed) == 1 else parsed
+        return features, label
+
+    return Source(
+        num_examples=_count_records(files, spec.counts),
+        num_classes=spec.num_classes,
+        files=files,
+        reader=tf.data.TFRecordDataset,
+        parse=parse,
+    )
+
+
+# ---------------------------------------------------------------- image folder
+
+
+def image_folder_classes(root: str) -> list[str]:
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise FileNotFoundError(f"{root}: expected one sub-folder per class, found none")
+    return classes
+
+
+def image_folder(data_cfg, split: str) -> Source:
+    """Images in `<root>/<class>/<file>.{jpg,jpeg,png}`; features are the encoded bytes.
+
+    Classes are the sorted sub-folder names of the first root; a `decode_image`
+    or `decode_crop_jpeg` step turns the bytes into pixels.
+    """
+    pattern = _split_pattern(data_cfg, split)
+    if not pattern:
+        return Source(num_examples=0, num_classes=0, files=())
+    roots = [r for r in list_files(pattern, data_cfg.read, f"data.files.{split}") if os.path.isdir(r)]
+    if not roots:
+        raise FileNotFoundError(f"data.files.{split}: {pattern!r} matches no directory")
+    classes = image_folder_classes(sorted(roots)[0])
+    paths, labels = [], []
+    for root in sorted(roots):
+        for label, name in enumerate(classes):
+            folder = os.path.join(root, name)
+            if not os.path.isdir(folder):
+                continue
+            for fname in sorted(os.listdir(folder)):
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(folder, fname))
+                    labels.append(label)
+    if not paths:
+        raise FileNotFoundError(f"data.files.{split}: no {'/'.join(IMAGE_EXTENSIONS)} files under {pattern!r}")
+    order = np.random.default_rng(data_cfg.read.seed).permutation(len(paths))
+    if not data_cfg.read.shuffle_files:
+        order = np.arange(len(paths))
+    paths = [paths[i] for i in order]
+    labels = np.asarray(labels, np.int64)[order]
+    examples = tf.data.Dataset.from_tensor_slices((paths, labels))
+
+    def parse(path, label):
+        return tf.io.read_file(path), label
+
+    return Source(
+        num_examples=len(paths),
+        num_classes=len(classes),
+        examples=examples.map(parse),
+        files=tuple(paths),
+    )
 
 
 # Dispatch by plain dict: the names `data.source` may take.
 SOURCES = {
     "digits": digits,
+    "npz": npz,
+    "synthetic": synthetic,
+    "csv": csv,
+    "tfrecord": tfrecord,
+    "image_folder": image_folder,
 }
 
 
@@ -64,7 +396,5 @@ def load(data_cfg, split: str) -> Source:
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
     if data_cfg.source not in SOURCES:
-        raise ValueError(
-            f"data.source: expected one of {', '.join(sorted(SOURCES))}, got {data_cfg.source!r}"
-        )
+        raise ValueError(f"data.source: expected one of {', '.join(sorted(SOURCES))}, got {data_cfg.source!r}")
     return SOURCES[data_cfg.source](data_cfg, split)

@@ -1,0 +1,39 @@
+"""Wide & deep model for click logs: dict features {numeric: float [N], categorical: int [M]}."""
+
+import keras
+from keras import ops
+
+
+def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: int = 8, hidden_units=(128, 64),
+          dropout: float = 0.0):
+    """A linear ("wide") model over the hashed ids and numeric columns plus an MLP
+    ("deep") over per-column embeddings and the numeric columns; their logits add.
+
+    `input_shape` is a dict: `numeric` [N] floats, `categorical` [M] ids in
+    [0, num_bins) per column (the `hash_columns` and `pack` steps make them).
+    Two classes give one sigmoid output (binary cross-entropy); more a softmax.
+    """
+    if not isinstance(input_shape, dict) or set(input_shape) != {"numeric", "categorical"}:
+        raise ValueError(
+            "model wide_deep: expected dict features {numeric, categorical}, got "
+            f"{sorted(input_shape) if isinstance(input_shape, dict) else list(input_shape)}; "
+            "add a {op: pack, groups: {numeric: [...], categorical: [...]}} step"
+        )
+    n_num, n_cat = input_shape["numeric"][-1], input_shape["categorical"][-1]
+    numeric = keras.Input(shape=(n_num,), name="numeric", dtype="float32")
+    categorical = keras.Input(shape=(n_cat,), name="categorical", dtype="int64")
+    # One table for all columns: column c's ids live at [c * num_bins, (c + 1) * num_bins).
+    offsets = ops.arange(n_cat, dtype="int64") * num_bins
+    ids = categorical + offsets
+    units = 1 if num_classes == 2 else num_classes
+    wide = ops.sum(keras.layers.Embedding(n_cat * num_bins, units, name="wide")(ids), axis=1)
+    wide = wide + keras.layers.Dense(units, name="wide_numeric")(numeric)
+    emb = keras.layers.Embedding(n_cat * num_bins, embedding_dim, name="deep_embedding")(ids)
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(emb), numeric])
+    for u in hidden_units:
+        x = keras.layers.Dense(u, activation="relu")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout)(x)
+    logits = wide + keras.layers.Dense(units, name="deep_out")(x)
+    outputs = keras.layers.Activation("sigmoid" if units == 1 else "softmax")(logits)
+    return keras.Model({"numeric": numeric, "categorical": categorical}, outputs, name="wide_deep")

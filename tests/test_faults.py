@@ -1,0 +1,113 @@
+"""Non-finite loss: the run stops naming the step, or skips the batch, and never saves a bad state."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfpipe
+from tfpipe import faults
+from tfpipe.data import sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAD_RECORD = 100  # with batch 32 and no shuffling: the 4th batch, i.e. step 4
+TRAIN_EXAMPLES = 1257  # the digits training split
+
+
+@pytest.fixture
+def digits_with_nan(tmp_path):
+    """The digits as an .npz file whose training record BAD_RECORD has NaN pixels (a corrupt record)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
+    # The row that the npz source's seeded split puts at position BAD_RECORD of the training split.
+    row = sources.split_indices(len(y), 0.1, 0.2, 0)["train"][BAD_RECORD]
+    x[row] = np.nan
+    path = tmp_path / "digits_with_nan.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def _config(npz_path, *overrides):
+    return tfpipe.load_config(
+        os.path.join(ROOT, "configs", "digits_mlp.yaml"),
+        overrides=[
+            "data.source=npz",
+            f"data.files.train={npz_path}",
+            "data.split.validation=0.1",
+            "data.split.test=0.2",
+            "data.split.seed=0",
+            "data.shuffle.buffer_size=0",  # record 100 lands in a known batch
+            "train.epochs=2",
+            "checkpoint.every_steps=2",
+            *overrides,
+        ],
+    )
+
+
+def _checkpoint_steps(workdir):
+    return sorted(int(n[5:-6]) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.endswith(".index"))
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_nan_record_stops_naming_the_step(digits_with_nan, tmp_path, strategy):
+    # Under mirrored the NaN record is in replica 0's half of the batch only:
+    # the check must combine the replicas' verdicts.
+    cfg = _config(f"runtime.strategy={strategy}", "runtime.logical_cpus=2", "checkpoint.keep=10")
+    # Keras cross-entropy clips the NaN predictions, so the loss stays finite:
+    # only the gradient check catches this batch.
+    with pytest.raises(faults.NonFiniteError, match=r"non-finite gradients \(loss [\d.]+\) at step 4; stopping") as err:
+        tfpipe.train(cfg, tmp_path)
+    assert "ckpt-2" in str(err.value)  # the last good checkpoint is named ...
+    assert _checkpoint_steps(tmp_path) == [2]  # ... and nothing was saved after it
+    assert not (tmp_path / "model.keras").exists()
+
+
+def test_nan_record_skipped_each_epoch(digits_with_nan, tmp_path, capsys):
+    cfg = _config(digits_with_nan, "train.on_nonfinite=skip")
+    tmp_path = tmp_path / "run"
+    metrics = tfpipe.train(cfg, tmp_path)
+    out = capsys.readouterr().out
+    # The second pass puts record 100 at stream position 1257 + 100: batch 42, step 43.
+    second = (TRAIN_EXAMPLES + BAD_RECORD) // 32 + 1
+    skipped = [int(s) for s in re.findall(r"non-finite gradients \(loss [\d.]+\) at step (\d+): batch skipped", out)]
+    assert skipped == [BAD_RECORD // 32 + 1, second]
+    assert metrics["nonfinite_skipped"] == 2 and metrics["steps"] == 80
+    reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / "ckpt-80"))
+    for name in reader.get_variable_to_shape_map():
+        if name.startswith(("model/", "optimizer/")):
+            assert np.all(np.isfinite(reader.get_tensor(name))), name
+    # It kept learning around the bad batches (chance is 0.1; two epochs reach about 0.45).
+    assert np.isfinite(metrics["loss"]) and metrics["accuracy"] > 0.3
+
+
+def test_skip_gives_up_after_max_skipped_steps(digits_with_nan, tmp_path):
+    cfg = _config(digits_with_nan, "train.on_nonfinite=skip", "train.max_skipped_steps=1")
+    tmp_path = tmp_path / "run"
+    with pytest.raises(faults.NonFiniteError, match=r"at step 43; stopping \(2 batches skipped, more than"):
+        tfpipe.train(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_huge_learning_rate_exits_with_code_3_keeping_last_good_checkpoint(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config",
+           os.path.join(ROOT, "configs", "digits_mlp.yaml"), "--workdir", str(tmp_path)]
+    for item in ("optimizer.name=sgd", "optimizer.learning_rate=100.0", "train.epochs=2",
+                 "checkpoint.every_steps=5", "checkpoint.keep=10"):
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == faults.EXIT_NONFINITE, proc.stdout[-2000:] + proc.stderr[-2000:]
+    m = re.search(r"non-finite (loss|gradients) .*at step (\d+); stopping.*last good checkpoint: (\S+)ckpt-(\d+)\.",
+                  proc.stderr)
+    assert m, proc.stderr[-2000:]
+    bad, good = int(m.group(2)), int(m.group(4))
+    assert _checkpoint_steps(tmp_path)[-1] == good < bad
+    reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / f"ckpt-{good}"))
+    for name in reader.get_variable_to_shape_map():
+        if name.startswith("model/"):
+            assert np.all(np.isfinite(reader.get_tensor(name))), name

@@ -1,0 +1,153 @@
+"""What a run does when something goes wrong mid-training: preemption and non-finite values.
+
+- SIGTERM (how schedulers and cloud VMs announce preemption): once
+  `handle_sigterm()` is installed (scripts/train.py does), the signal only
+  sets a flag. The trainer checks it at the next loop boundary, saves a
+  checkpoint and raises `Preempted`; scripts/train.py exits with
+  `EXIT_PREEMPTED` (143 = 128 + SIGTERM, what a shell reports for a process
+  ended by SIGTERM, so a scheduler does not mistake it for a finished run).
+  Rerunning with the same workdir continues.
+- Non-finite loss or gradients: `NonFiniteGuard` checks every step before
+  its update is applied (gradients too: Keras cross-entropy clips its
+  input, so a model can produce finite loss from broken weights). With
+  `train.on_nonfinite: stop` the run ends with `NonFiniteError` naming the
+  step; the bad update is never applied and no checkpoint is written after
+  it. With `skip` the batch is dropped: the state stays as it was before
+  that batch (the last good state), and training goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+
+import tensorflow as tf
+from absl import logging
+
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 128 + signal.SIGTERM
+
+_preemption = threading.Event()
+
+
+class Preempted(Exception):
+    """The run stopped on SIGTERM after saving a checkpoint; rerun to continue."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        super().__init__(
+            f"preempted (SIGTERM): stopped at step {step}, checkpoint {checkpoint}; "
+            "rerun with the same workdir to continue"
+        )
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient (train.on_nonfinite: stop)."""
+
+
+def handle_sigterm() -> None:
+    """Makes SIGTERM request a checkpoint-and-stop instead of killing the process.
+
+    Call once from the main thread of a training process. A second SIGTERM
+    while the first is still being handled ends the process at once, as
+    the default would.
+    """
+
+    def on_sigterm(signum, frame):  # pylint: disable=unused-argument
+        if _preemption.is_set():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+        _preemption.set()
+        print("[tfpipe] SIGTERM: will save a checkpoint and stop at the next loop boundary", flush=True)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def preemption_requested() -> bool:
+    """True once SIGTERM arrived (after `handle_sigterm()`)."""
+    return _preemption.is_set()
+
+
+class NonFiniteGuard:
+    """Checks each step for non-finite loss or gradients and applies the policy.
+
+    The compiled loop runs, per step (index = the number of steps done before it):
+
+    ```python
+    grads, outputs, loss, bad = strategy.run(compute, args=...)  # bad = guard.flags(loss, grads)
+    if guard.check(strategy, index, loss, bad):
+        strategy.run(apply, args=(grads, outputs))
+    ```
+
+    The check sits between computing and applying gradients, in cross-replica
+    context: a conditional around `apply_gradients` inside the replica
+    function fails under MirroredStrategy (its gradient all-reduce may not sit
+    in control flow), while a conditional around a second `strategy.run` works.
+
+    Under "stop", once a step failed no later step is applied either, so the
+    state stays the one before the failing step even though Python learns
+    of it only at its next read-back (`after_loop`), which then raises.
+
+    Args:
+        policy: `train.on_nonfinite`, "stop" or "skip".
+        max_skipped: with "skip", stop anyway once more batches were skipped:
+            a run whose every batch fails is broken, not unlucky.
+    """
+
+    def __init__(self, policy: str, max_skipped: int):
+        self.stops = policy == "stop"
+        self.max_skipped = max_skipped
+        # Plain variables outside any strategy scope, assigned in cross-replica context.
+        self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_skipped")
+        self.last_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_last_step")
+        self.last_bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="nonfinite_last_loss")
+        self._reported = 0
+
+    @staticmethod
+    def flags(loss, grads):
+        """In a replica: int32 [loss non-finite, any gradient non-finite] (summed over replicas later)."""
+        grads_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+        return tf.cast(tf.stack([~tf.math.is_finite(loss), ~grads_ok]), tf.int32)
+
+    def check(self, strategy, index, loss, flags):
+        """In the compiled loop: True if the step's update may be applied; records a bad step."""
+        bad = strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
+        batch_ok = tf.reduce_sum(bad) == 0
+        none_before = self.skipped == 0
+        # Under "stop" the first bad step is the one to report; under "skip" the latest.
+        record = tf.logical_and(~batch_ok, tf.logical_or(none_before, not self.stops))
+        total_loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        self.last_bad_step.assign(tf.where(record, tf.cast(index, tf.int64) + 1, self.last_bad_step))
+        self.last_bad_loss.assign(tf.where(record, tf.cast(total_loss, tf.float32), self.last_bad_loss))
+        self.skipped.assign_add(tf.cast(~batch_ok, tf.int64))
+        return tf.logical_and(batch_ok, none_before) if self.stops else batch_ok
+
+    def after_loop(self, last_checkpoint: str | None) -> None:
+        """In Python, when the loop's results are read back: reports skips; raises under "stop" or too many skips.
+
+        `skipped` counts this process's bad batches (it is not checkpointed).
+        """
+        skipped = int(self.skipped)
+        if skipped == self._reported:
+            return
+        new, self._reported = skipped - self._reported, skipped
+        # 1-based: the step that was number index + 1.
+        step, loss = int(self.last_bad_step), float(self.last_bad_loss)
+        # The summed loss is non-finite if any replica's is; a finite one means the gradients were not.
+        what = f"non-finite gradients (loss {loss:g})" if math.isfinite(loss) else f"non-finite loss ({loss:g})"
+        if self.stops or skipped > self.max_skipped:
+            why = (
+                "train.on_nonfinite is stop" if self.stops
+                else f"{skipped} batches skipped, more than train.max_skipped_steps={self.max_skipped}"
+            )
+            raise NonFiniteError(
+                f"{what} at step {step}; stopping ({why}). Updates from step {step} on were not applied; "
+                f"last good checkpoint: {last_checkpoint or 'none yet'}. Lower optimizer.learning_rate "
+                f"or check the input data; train.on_nonfinite: skip drops such batches instead."
+            )
+        msg = f"{what} at step {step}: batch skipped" + (
+            f" ({new} batches skipped since the last report, this the last)" if new > 1 else "")
+        logging.warning(msg)
+        print(f"[tfpipe] warning: {msg}", flush=True)
