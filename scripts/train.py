@@ -40,7 +40,7 @@ def main(argv):
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(FLAGS.config))[0]}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    from tfpipe import checkpointing, faults  # pylint: disable=import-outside-toplevel
+    from tfpipe import checkpointing, distribute, faults  # pylint: disable=import-outside-toplevel
     from tfpipe.data.check import DataError  # pylint: disable=import-outside-toplevel
 
     faults.handle_sigterm()
@@ -58,6 +58,14 @@ def main(argv):
     except checkpointing.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 4
+    except distribute.StrategyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except distribute.PEER_ERRORS as e:
+        if not distribute.current_task().task_type:
+            raise
+        print(f"error: {distribute.peer_lost_message(e)}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -58,11 +58,15 @@ class Checkpointer:
         keep: how many checkpoints to keep; older ones are deleted on save.
         every_steps: save every this many steps (0 = only when asked).
         step: the step counter, an int64 `tf.Variable`; names the checkpoints.
+        restore_dir: where `restore` looks (default `directory`). In a
+            multi-worker run every worker saves into its own directory but
+            restores from the chief's.
         **trackables: the rest of the state (model, optimizer, input, ...).
     """
 
-    def __init__(self, directory, keep: int, every_steps: int, step: tf.Variable, **trackables):
+    def __init__(self, directory, keep: int, every_steps: int, step: tf.Variable, restore_dir=None, **trackables):
         self.directory = os.fspath(directory)
+        self.restore_dir = os.fspath(restore_dir or directory)
         self.every_steps = every_steps
         self._step = step
         self.checkpoint = tf.train.Checkpoint(step=step, **trackables)
@@ -78,11 +82,11 @@ class Checkpointer:
         Files on disk count too, so a lost or damaged state file does not
         hide checkpoints that are still good.
         """
-        found = set(self.manager.checkpoints)
-        for name in tf.io.gfile.listdir(self.directory) if tf.io.gfile.isdir(self.directory) else ():
+        found = set(self.manager.checkpoints) if self.restore_dir == self.directory else set()
+        for name in tf.io.gfile.listdir(self.restore_dir) if tf.io.gfile.isdir(self.restore_dir) else ():
             m = re.fullmatch(r"(ckpt-\d+)\.index", name)
             if m:
-                found.add(os.path.join(self.directory, m.group(1)))
+                found.add(os.path.join(self.restore_dir, m.group(1)))
         return sorted(found, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
 
     def restore(self) -> str | None:
@@ -115,7 +119,7 @@ class Checkpointer:
             return path
         if failures:
             raise CheckpointError(
-                f"no checkpoint in {self.directory} can be restored:\n  " + "\n  ".join(failures)
+                f"no checkpoint in {self.restore_dir} can be restored:\n  " + "\n  ".join(failures)
                 + "\nMove the directory away to start over."
             )
         return None

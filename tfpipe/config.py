@@ -179,6 +179,19 @@ class OptionsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataServiceConfig:
+    # host:port of a tf.data service dispatcher (scripts/data_service.py);
+    # "" keeps preprocessing in the training process.
+    address: str = ""
+    # parallel_epochs: every service worker produces the whole data set;
+    # distributed_epoch: the dispatcher hands each example out once per epoch.
+    processing_mode: str = _field("parallel_epochs", choices=("parallel_epochs", "distributed_epoch"))
+    # Training processes that name the same job share one stream of batches
+    # (each batch goes to one of them); "" gives each process its own job.
+    job_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     # A key of tfpipe.data.sources.SOURCES: digits, npz, csv, tfrecord, image_folder, synthetic.
     source: str = "digits"
@@ -210,6 +223,8 @@ class DataConfig:
     check: str = _field("quick", choices=("full", "quick", "off"))
     # Skip bad records instead of failing; needs check: full, which counts them.
     ignore_errors: bool = False
+    # Run the preprocessing on tf.data service workers instead of this host.
+    service: DataServiceConfig = _section(DataServiceConfig)
 
 
 # ---------------------------------------------------------------- model
@@ -268,7 +283,22 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-    strategy: str = _field("default", choices=("default", "mirrored"))
+    strategy: str = _field(
+        "default",
+        choices=("default", "one_device", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu"),
+    )
+    # Which devices hold the replicas: auto (GPUs if present, else CPUs), cpu
+    # or gpu (an error at start when this machine has none).
+    device: str = _field("auto", choices=("auto", "cpu", "gpu"))
+    # TPU name or grpc:// address for strategy tpu; "" means the local TPU.
+    tpu: str = ""
+    # linear multiplies optimizer.learning_rate by the number of replicas in
+    # sync (the global batch grows with them); none keeps it.
+    lr_scaling: str = _field("none", choices=("none", "linear"))
+    # Compute in 16 bits, keep variables in float32; float16 adds loss scaling.
+    mixed_precision: str = _field("none", choices=("none", "mixed_float16", "mixed_bfloat16"))
+    # Compile the forward and backward pass of each step with XLA.
+    jit_compile: bool = False
     # Split the host CPU into this many logical devices (0 = leave as is), so
     # that a multi-replica strategy can be tried on a machine without GPUs.
     logical_cpus: int = _field(0, min=0)

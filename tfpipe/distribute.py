@@ -1,15 +1,45 @@
-"""Strategies from a config string, and the device set-up they need.
+"""Strategies from a config string, the cluster they run on, and what they change.
 
 `make_strategy(runtime_cfg)` is the only place a `tf.distribute.Strategy` is
-constructed. On a machine without accelerators, `runtime.logical_cpus: 2`
-splits the CPU into two logical devices so that `mirrored` runs two real
-replicas: slower than one, but the same code path as on two GPUs.
+constructed, by a plain dict from `runtime.strategy`:
+
+- `default`: no distribution, whatever device TensorFlow picks.
+- `one_device`: one named device (`runtime.device`: cpu or gpu).
+- `mirrored`: synchronous replicas on this machine's GPUs, or on its logical
+  CPUs (`runtime.logical_cpus: 2` splits the CPU so two real replicas run
+  without GPUs: slower than one, but the same code path as on two GPUs).
+- `multi_worker_mirrored`: synchronous replicas across processes; the
+  cluster comes from `TF_CONFIG` (`scripts/launch_local.py` writes one per
+  process on localhost).
+- `parameter_server`: asynchronous updates: variables live on `ps` tasks,
+  `worker` tasks run steps that the chief (the coordinator) schedules.
+- `tpu`: a TPU found through `runtime.tpu`.
+
+Where the hardware a config asks for is missing, construction fails at
+start with a message naming what is missing.
+
+The rest of the module is the arithmetic and bookkeeping every strategy
+shares: global vs per-replica batch, learning-rate scaling with the
+replica count, the mixed-precision policy, and who in a cluster writes
+files (the chief) and who writes to a throwaway directory (everyone else).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
 import tensorflow as tf
-from absl import logging
+
+
+class StrategyError(RuntimeError):
+    """A strategy that cannot run here, with what is missing and what to use instead."""
 
 
 def configure_devices(runtime_cfg) -> None:
@@ -35,31 +65,252 @@ def configure_devices(runtime_cfg) -> None:
             ) from None
 
 
-def _replica_devices() -> list[str]:
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        return [d.name for d in gpus]
+# ---------------------------------------------------------------- the cluster
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """This process's place in the cluster `TF_CONFIG` describes."""
+
+    task_type: str  # "worker", "chief", "ps" or "" without TF_CONFIG
+    task_id: int
+    cluster: dict  # job name -> list of host:port
+
+    @property
+    def is_chief(self) -> bool:
+        """The one process that writes checkpoints, summaries and the model."""
+        if not self.task_type:
+            return True
+        if self.task_type == "chief":
+            return True
+        # Without a chief job, worker 0 plays the chief (TensorFlow's convention).
+        return self.task_type == "worker" and self.task_id == 0 and "chief" not in self.cluster
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type}:{self.task_id}" if self.task_type else "local"
+
+
+def current_task() -> Task:
+    """Reads `TF_CONFIG`; a clear error if it is not valid JSON or lacks its task."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return Task("", 0, {})
+    try:
+        tf_config = json.loads(raw)
+        cluster = tf_config.get("cluster", {})
+        task = tf_config.get("task", {})
+        task_type, task_id = task.get("type", ""), int(task.get("index", 0))
+    except (ValueError, AttributeError, TypeError) as e:
+        raise StrategyError(
+            f"TF_CONFIG: expected JSON {{'cluster': {{...}}, 'task': {{'type': ..., 'index': ...}}}}, "
+            f"got {raw[:200]!r} ({e})"
+        ) from None
+    if task_type and (task_type not in cluster or task_id >= len(cluster[task_type])):
+        raise StrategyError(
+            f"TF_CONFIG: task {task_type}:{task_id} is not in the cluster {sorted(cluster)} "
+            f"({ {k: len(v) for k, v in cluster.items()} })"
+        )
+    return Task(task_type, task_id, cluster)
+
+
+def serve_parameter_server_task(runtime_cfg) -> bool:
+    """Under `parameter_server`, runs this process's ps or worker server and blocks.
+
+    In parameter-server training only the chief (coordinator) runs the
+    training program; `ps` and `worker` tasks are plain TensorFlow servers
+    that hold variables or run what the coordinator schedules on them.
+
+    Returns:
+        False when this process should go on to train (the chief, or any
+        other strategy). Never returns for a ps or worker task.
+    """
+    if runtime_cfg.strategy != "parameter_server":
+        return False
+    task = current_task()
+    if task.task_type not in ("ps", "worker"):
+        return False
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec(task.cluster),
+        job_name=task.task_type,
+        task_index=task.task_id,
+        protocol="grpc",
+        start=True,
+    )
+    print(f"[tfpipe] parameter_server: {task.name} serving at {server.target}", flush=True)
+    server.join()
+    return True  # not reached: join() returns only when the process is killed
+
+
+# What a collective raises when a peer died (connection reset, heartbeats
+# stopped, health check failed) or did not answer in time.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+
+
+def peer_lost_message(error: Exception) -> str:
+    """One paragraph for a worker whose peer died: what happened and what to do."""
+    first = str(getattr(error, "message", error)).strip().splitlines()
+    detail = next((line for line in first if "aborted" in line.lower() or "unhealthy" in line.lower()), first[0] if first else "")
+    return (
+        f"{current_task().name}: lost contact with another task of the cluster, so the "
+        f"collective ops were aborted ({type(error).__name__}: {detail.strip()}). "
+        "Synchronous training cannot continue without every worker: restart the whole job; "
+        "it resumes from the chief's last checkpoint."
+    )
+
+
+# ---------------------------------------------------------------- strategies
+
+
+def _gpus():
+    return tf.config.list_physical_devices("GPU")
+
+
+def _require_gpu(runtime_cfg):
+    if runtime_cfg.device == "gpu" and not _gpus():
+        raise StrategyError(
+            f"runtime.device=gpu (strategy {runtime_cfg.strategy}): TensorFlow sees no GPU on this "
+            f"machine (tf.config.list_physical_devices('GPU') is empty: no CUDA driver/device, or a "
+            f"CPU-only TensorFlow build); use runtime.device=cpu or auto"
+        )
+
+
+def _replica_devices(runtime_cfg) -> list[str]:
+    _require_gpu(runtime_cfg)
+    if runtime_cfg.device != "cpu":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return [d.name for d in gpus]
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
-def make_strategy(runtime_cfg) -> tf.distribute.Strategy:
-    """The strategy named by `runtime.strategy`."""
-    name = runtime_cfg.strategy
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        # Without GPUs MirroredStrategy() would pick only /cpu:0; name the
-        # logical CPUs explicitly so each one becomes a replica.
-        return tf.distribute.MirroredStrategy(devices=_replica_devices())
-    raise ValueError(f"runtime.strategy: expected default or mirrored, got {name!r}")
+def _default(runtime_cfg):
+    _require_gpu(runtime_cfg)
+    return tf.distribute.get_strategy()
 
 
-def describe(strategy: tf.distribute.Strategy, global_batch_size: int) -> str:
-    replicas = strategy.num_replicas_in_sync
-    return (
-        f"strategy {type(strategy).__name__}: {replicas} replica(s), global batch "
-        f"{global_batch_size}, per-replica batch {global_batch_size // replicas}"
+def _one_device(runtime_cfg):
+    return tf.distribute.OneDeviceStrategy(_replica_devices(runtime_cfg)[0])
+
+
+def _mirrored(runtime_cfg):
+    # Without GPUs MirroredStrategy() would pick only /cpu:0; name the
+    # logical CPUs explicitly so each one becomes a replica.
+    return tf.distribute.MirroredStrategy(devices=_replica_devices(runtime_cfg))
+
+
+def _multi_worker_mirrored(runtime_cfg):
+    _require_gpu(runtime_cfg)
+    task = current_task()
+    if task.task_type == "ps" or "ps" in task.cluster:
+        raise StrategyError(
+            "runtime.strategy=multi_worker_mirrored: TF_CONFIG has a 'ps' job, which only "
+            "parameter_server uses; list only worker (and optionally chief) tasks"
+        )
+    # No extra timeout is needed for a dead peer: a killed worker resets its
+    # connections (the survivors' collectives fail within seconds), and a hung
+    # one stops the coordination service's heartbeats, which aborts all
+    # collectives with UnavailableError (measured: 2 s and 7-9 s here).
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING
+        )
     )
+
+
+def _parameter_server(runtime_cfg):
+    task = current_task()
+    if not task.task_type or "ps" not in task.cluster or "worker" not in task.cluster:
+        raise StrategyError(
+            "runtime.strategy=parameter_server: needs TF_CONFIG with 'chief', 'worker' and 'ps' jobs "
+            f"(got {sorted(task.cluster) or 'no TF_CONFIG'}); on one machine run "
+            "scripts/launch_local.py --num_workers 2 --num_ps 1 -- python scripts/train.py ..."
+        )
+    if task.task_type != "chief":
+        raise StrategyError(
+            f"runtime.strategy=parameter_server: task {task.name} should serve, not train "
+            "(serve_parameter_server_task runs it)"
+        )
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    return tf.distribute.ParameterServerStrategy(resolver)
+
+
+def _tpu(runtime_cfg):
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime_cfg.tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        devices = sorted({d.device_type for d in tf.config.list_physical_devices()})
+        raise StrategyError(
+            f"runtime.strategy=tpu: no TPU reachable (runtime.tpu={runtime_cfg.tpu!r}: "
+            f"{type(e).__name__}: {e}); this machine has {', '.join(devices)} only; "
+            "use strategy mirrored or default here"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+# Dispatch by plain dict: the names `runtime.strategy` may take.
+STRATEGIES = {
+    "default": _default,
+    "one_device": _one_device,
+    "mirrored": _mirrored,
+    "multi_worker_mirrored": _multi_worker_mirrored,
+    "parameter_server": _parameter_server,
+    "tpu": _tpu,
+}
+
+
+def make_strategy(runtime_cfg) -> tf.distribute.Strategy:
+    """The strategy named by `runtime.strategy`.
+
+    Raises:
+        StrategyError: the hardware or cluster the config asks for is not
+            there (no GPU, no TPU, no TF_CONFIG for parameter_server).
+    """
+    name = runtime_cfg.strategy
+    if name not in STRATEGIES:
+        raise ValueError(f"runtime.strategy: expected one of {', '.join(STRATEGIES)}, got {name!r}")
+    return STRATEGIES[name](runtime_cfg)
+
+
+def is_parameter_server(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+
+class PerWorkerInput:
+    """parameter_server's training input: one pipeline on each worker.
+
+    `ClusterCoordinator.create_per_worker_dataset` builds the dataset on
+    every worker; a scheduled function receives that worker's iterator. The
+    dataset function gets no worker index, so there is no sharding, and with
+    a seeded shuffle every worker reads the same order. The iterators live on
+    the workers and are not checkpointed: a resumed run starts its input over.
+    """
+
+    mode = "per-worker"
+    trackables: dict = {}
+
+    def __init__(self, coordinator, dataset_fn):
+        self.iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
+
+    def start(self, step: int) -> None:  # pylint: disable=unused-argument
+        """Nothing to position: see the class docstring."""
+
+
+# ---------------------------------------------------------------- what a strategy changes
+
+
+def learning_rate(base: float, runtime_cfg, strategy) -> float:
+    """`optimizer.learning_rate` scaled by `runtime.lr_scaling` for this replica count.
+
+    The global batch is `train.batch_size` whatever the replica count, so
+    `linear` is meant for configs whose batch size was scaled with the
+    replicas too (the Goyal et al. rule: k times the batch, k times the rate).
+    """
+    if runtime_cfg.lr_scaling == "linear":
+        return base * strategy.num_replicas_in_sync
+    return base
 
 
 def check_batch(global_batch_size: int, strategy: tf.distribute.Strategy) -> None:
@@ -68,4 +319,89 @@ def check_batch(global_batch_size: int, strategy: tf.distribute.Strategy) -> Non
         raise ValueError(
             f"train.batch_size: expected a multiple of the {replicas} replicas in sync, got {global_batch_size}"
         )
-    logging.info(describe(strategy, global_batch_size))
+
+
+def describe(strategy: tf.distribute.Strategy, global_batch_size: int, runtime_cfg=None, lr=None) -> str:
+    """One line with the effective values a run trains with."""
+    replicas = strategy.num_replicas_in_sync
+    task = current_task()
+    parts = [
+        f"strategy {type(strategy).__name__}",
+        f"{replicas} replica(s) in sync",
+        f"global batch {global_batch_size}",
+        f"per-replica batch {global_batch_size // replicas}",
+    ]
+    if is_parameter_server(strategy):
+        parts[1] = f"{len(task.cluster.get('worker', []))} worker(s) updating {len(task.cluster.get('ps', []))} ps asynchronously"
+        parts[3] = f"per-worker batch {global_batch_size}"
+    if task.task_type:
+        parts.insert(1, f"task {task.name} of {sum(len(v) for v in task.cluster.values())}")
+    if runtime_cfg is not None:
+        if lr is not None:
+            parts.append(f"learning rate {lr:g} (lr_scaling {runtime_cfg.lr_scaling})")
+        parts.append(f"precision {runtime_cfg.mixed_precision}")
+        parts.append(f"jit_compile {runtime_cfg.jit_compile}")
+    return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def precision_policy(runtime_cfg):
+    """Keras dtype policy `runtime.mixed_precision` while the model is built.
+
+    Layers keep the policy they were built with, so the global policy is
+    put back afterwards: a notebook's next model is not silently 16-bit.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+
+    if runtime_cfg.mixed_precision == "none":
+        yield
+        return
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(runtime_cfg.mixed_precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def wrap_optimizer(optimizer, runtime_cfg):
+    """Adds dynamic loss scaling for float16, whose small gradients underflow.
+
+    bfloat16 has float32's exponent range and needs none.
+    """
+    if runtime_cfg.mixed_precision != "mixed_float16":
+        return optimizer
+    import keras  # pylint: disable=import-outside-toplevel
+
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of the model's weights, bit for bit (hex)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- who writes files
+
+
+def output_dir(workdir, task: Task | None = None):
+    """Where this process writes checkpoints, summaries and the model.
+
+    The chief writes to `workdir`. The other workers still have to run the
+    same saving code (checkpoint saving under multi_worker_mirrored is a
+    collective), but into a private temporary directory that `cleanup_output_dir`
+    removes, so two processes never write the same files.
+    """
+    task = task or current_task()
+    if task.is_chief:
+        return workdir
+    return tempfile.mkdtemp(prefix=f"tfpipe-{task.task_type}{task.task_id}-")
+
+
+def cleanup_output_dir(path, workdir) -> None:
+    if os.fspath(path) != os.fspath(workdir):
+        shutil.rmtree(path, ignore_errors=True)
+

@@ -58,6 +58,19 @@ class _Metrics:
         return {"loss": float(self.loss.result()), "accuracy": float(self.accuracy.result())}
 
 
+def _input_mode(cfg) -> str:
+    """`checkpoint.input`, except that a tf.data service stream cannot be saved
+    (TF 2.21: "SaveInternal is not yet supported"), so there `auto` means replay."""
+    if not cfg.data.service.address:
+        return cfg.checkpoint.input
+    if cfg.checkpoint.input == "iterator":
+        raise ValueError(
+            "checkpoint.input: 'iterator' cannot be saved when data.service.address is set "
+            "(a tf.data service iterator is not checkpointable); use 'replay' or 'auto'"
+        )
+    return "replay"
+
+
 def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     """Trains, evaluates and exports the model `cfg` describes.
 
@@ -84,12 +97,20 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     distribute.configure_devices(cfg.runtime)
+    distribute.serve_parameter_server_task(cfg.runtime)  # ps/worker tasks block here
     keras.utils.set_random_seed(cfg.runtime.seed)
     strategy = distribute.make_strategy(cfg.runtime)
+    # parameter_server: this process is the coordinator; steps run on workers.
+    coordinator = (
+        tf.distribute.coordinator.ClusterCoordinator(strategy) if distribute.is_parameter_server(strategy) else None
+    )
     global_batch = cfg.train.batch_size
     distribute.check_batch(global_batch, strategy)
-    _say(distribute.describe(strategy, global_batch))
-    config_lib.dump(cfg, workdir / "config.yaml")
+    learning_rate = distribute.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
+    _say(distribute.describe(strategy, global_batch, cfg.runtime, learning_rate))
+    # Only the chief writes into workdir; other workers write to a temporary dir.
+    outdir = Path(distribute.output_dir(workdir))
+    config_lib.dump(cfg, outdir / "config.yaml")
 
     # ---------------------------------------------------------------- Input
     # Bad files fail here, naming file and record, before any training.
@@ -101,21 +122,23 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     def input_fn(split, training):
         return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
 
-    train_data = train_input.TrainInput(strategy, cfg.checkpoint.input, input_fn("train", True), cfg.data)
-    eval_datasets = {
-        split: strategy.distribute_datasets_from_function(input_fn(split, False))
-        for split in ("validation", "test")
-        if sources.load(cfg.data, split).num_examples > 0
-    }
+    eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
+    if coordinator:
+        train_data = distribute.PerWorkerInput(coordinator, lambda: pipeline.build(cfg.data, "train", global_batch))
+        # The coordinator evaluates inline, reading the variables from the ps tasks.
+        eval_datasets = {split: pipeline.build(cfg.data, split, global_batch, training=False) for split in eval_splits}
+    else:
+        train_data = train_input.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
+        eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     features_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec[0]
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
         input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
-        model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
-        optimizer = keras.optimizers.get(
-            {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
-        )
+        with distribute.precision_policy(cfg.runtime):
+            model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
+        optimizer = keras.optimizers.get({"class_name": cfg.optimizer.name, "config": {"learning_rate": learning_rate}})
+        optimizer = distribute.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
         train_metrics = _Metrics(cfg.model.loss, "train")
@@ -128,17 +151,38 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
     input_timer = profiling.InputWaitTimer(cfg.profile.measure_input_wait)
-    profiler = profiling.Profiler(cfg.profile, workdir, input_timer)
+    profiler = profiling.Profiler(cfg.profile, outdir, input_timer)  # chief-only files, like the rest
+
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def compute_step(features, labels):
         with tf.GradientTape() as tape:
-            predictions = model(features, training=True)
+            # Under mixed precision the model computes in 16 bits; the loss
+            # and the metrics are kept in float32.
+            predictions = tf.cast(model(features, training=True), tf.float32)
             per_example = loss_fn(labels, predictions)
             loss = tf.nn.compute_average_loss(per_example)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
-        return grads, (per_example, labels, predictions), loss, nonfinite.flags(loss, grads)
+            # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
+            # its apply_gradients unscales the gradients again.
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        # With loss scaling an overflowing gradient is routine (the optimizer
+        # lowers the scale and skips that update), so only the loss is checked.
+        checked = [loss] if loss_scaled else grads
+        return grads, (per_example, labels, predictions), loss, nonfinite.flags(loss, checked)
+
+    if cfg.runtime.jit_compile:
+        # XLA compiles the model's forward and backward pass; the optimizer
+        # update stays outside because its cross-replica sum cannot be compiled.
+        compiled_step = tf.function(compute_step, jit_compile=True)
+
+        def compute_step(features, labels):  # pylint: disable=function-redefined
+            # Batches sliced from one host pipeline sit on the first device;
+            # XLA runs where its inputs are, so copy them to this replica's
+            # device first (else: "Trying to access resource .../replica_1").
+            return compiled_step(*tf.nest.map_structure(tf.identity, (features, labels)))
 
     def apply_step(grads, outputs):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -178,6 +222,24 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             return train_once(train_data.iterator)
         return train_loop(train_data.iterator, n if unrolled else tf.constant(n, tf.int64))
 
+    @tf.function
+    def worker_loop(iterator, num_steps):
+        # parameter_server: runs on whichever worker the coordinator picks; the
+        # coordinator counts the steps it schedules. The non-finite guard's
+        # variables live on the coordinator, so workers apply every update.
+        for _ in tf.range(num_steps):
+            grads, outputs, _, _ = strategy.run(compute_step, args=next(iterator))
+            strategy.run(apply_step, args=(grads, outputs))
+
+    def schedule_call(n: int, epoch_ends: bool):
+        # parameter_server: queue n steps for whichever worker is free and
+        # return at once; the metrics are final once the epoch is joined.
+        coordinator.schedule(worker_loop, args=(train_data.iterator, tf.constant(n, tf.int64)))
+        step.assign_add(n)
+        if epoch_ends:
+            coordinator.join()
+        return train_metrics.loss.result(), train_metrics.accuracy.result()
+
     def eval_step(features, labels):
         predictions = model(features, training=False)
         eval_metrics.update(loss_fn(labels, predictions), labels, predictions)
@@ -185,7 +247,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     @tf.function
     def eval_loop(dataset):
         for features, labels in dataset:
-            strategy.run(eval_step, args=(features, labels))
+            if coordinator:
+                eval_step(features, labels)
+            else:
+                strategy.run(eval_step, args=(features, labels))
 
     def evaluate(split) -> dict:
         eval_metrics.reset()
@@ -193,8 +258,13 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         return eval_metrics.result()
 
     # ---------------------------------------------------------------- Restore
+    # Every worker saves, each into its own outdir: under multi_worker_mirrored
+    # saving a sync-on-read variable all-reduces it, and a chief saving alone
+    # pairs that with a peer's next step (verified: "Shape mismatch in the
+    # collective instance"). Every worker restores from the chief's checkpoints.
     checkpointer = checkpointing.Checkpointer(
-        workdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
+        outdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
+        restore_dir=workdir / "checkpoints",
         model=model, optimizer=optimizer, random=checkpointing.random_state(model),
         **train_data.trackables,
     )  # fmt: skip
@@ -207,7 +277,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     # ---------------------------------------------------------------- Loop
     writers = {
-        name: tf.summary.create_file_writer(str(workdir / "logs" / name)) for name in ("train", "validation")
+        name: tf.summary.create_file_writer(str(outdir / "logs" / name)) for name in ("train", "validation")
     }
     # Throughput counts only loop calls, and not the first call of the process
     # (it traces and compiles). Results are read back (a host sync) only when
@@ -225,8 +295,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         wait_start = input_timer.seconds()
         while current < epoch_end:
             n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
-            # Marks, traces or unrolls the call when the profiler asks for it.
-            results = profiler.call(train_call, current, n)
+            if coordinator:  # parameter servers: closures scheduled on workers
+                results = schedule_call(n, current + n >= epoch_end)
+            else:  # marks, traces or unrolls the call when the profiler asks for it
+                results = profiler.call(train_call, current, n)
             current += n
             if not traced:  # wait for the tracing call, then start the clock
                 float(results[0])
@@ -283,7 +355,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     final = evaluate(split)
 
     # ---------------------------------------------------------------- Export
-    model.save(workdir / "model.keras")
+    model.save(outdir / "model.keras")
 
     # ---------------------------------------------------------------- Report
     metrics = {
@@ -295,15 +367,19 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "epochs": cfg.train.epochs,
         "steps": int(step),
         "nonfinite_skipped": int(nonfinite.skipped),
+        # Equal on every worker of a synchronous run: a cheap check they did not diverge.
+        "weights_sha256": distribute.weights_digest(model),
     }
     if cfg.data.ignore_errors:
         metrics["skipped_records"] = data_report.bad_records
         _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
-    with open(workdir / "metrics.json", "w", encoding="utf-8") as f:
+    with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
+    distribute.cleanup_output_dir(outdir, workdir)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
     _say(
         f"done: {split} accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f}, "
-        f"{eps} examples/sec, {metrics['steps']} steps -> {workdir}"
+        f"{eps} examples/sec, {metrics['steps']} steps, weights {metrics['weights_sha256'][:12]} -> "
+        + (str(workdir) if outdir == workdir else "(not the chief: outputs discarded)")
     )
     return metrics

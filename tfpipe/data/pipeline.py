@@ -275,4 +275,37 @@ def build(
 
     if data_cfg.prefetch != 0:
         ds = ds.prefetch(data_cfg.prefetch)
+
+    if training:
+        # Evaluation stays local: under parallel_epochs every service worker
+        # would produce the whole split, so each example would count once per worker.
+        ds = _on_data_service(ds, data_cfg.service)
     return ds.with_options(options(data_cfg))
+
+
+# ---------------------------------------------------------------- tf.data service stage
+
+
+def _on_data_service(ds: tf.data.Dataset, service_cfg) -> tf.data.Dataset:
+    """Runs everything built so far on tf.data service workers (`data.service`).
+
+    The dataset graph is sent to the dispatcher; its workers run it and this
+    process only receives finished batches, so preprocessing costs the
+    training host nothing. With `address: ""` the dataset is returned as is.
+    """
+    if not service_cfg.address:
+        return ds
+    mode = {
+        # Every service worker runs the full pipeline; a consumer gets batches
+        # from all of them (each example about once per worker per epoch).
+        "parallel_epochs": tf.data.experimental.service.ShardingPolicy.OFF,
+        # The dispatcher splits the source so each example goes out once per epoch.
+        "distributed_epoch": tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+    }[service_cfg.processing_mode]
+    return ds.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode=mode,
+            service=service_cfg.address if "://" in service_cfg.address else f"grpc://{service_cfg.address}",
+            job_name=service_cfg.job_name or None,
+        )
+    )

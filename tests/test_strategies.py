@@ -1,0 +1,156 @@
+"""Strategies from config: construction, missing hardware, batch and learning-rate
+arithmetic, mixed precision and XLA running real steps (two logical CPUs)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfpipe
+from tfpipe import config as config_lib
+from tfpipe import distribute
+
+
+def runtime(**kw):
+    return config_lib.load(None, [f"runtime.{k}={v}" for k, v in kw.items()]).runtime
+
+
+@pytest.fixture(autouse=True)
+def no_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+
+
+@pytest.mark.parametrize(
+    "name, replicas, cls",
+    [
+        ("default", 1, None),
+        ("one_device", 1, tf.distribute.OneDeviceStrategy),
+        ("mirrored", 2, tf.distribute.MirroredStrategy),
+    ],
+)
+def test_local_strategies(name, replicas, cls):
+    strategy = distribute.make_strategy(runtime(strategy=name, logical_cpus=2))
+    assert strategy.num_replicas_in_sync == replicas
+    if cls is not None:
+        assert isinstance(strategy, cls)
+
+
+def test_unknown_strategy_is_a_config_error():
+    with pytest.raises(tfpipe.ConfigError, match=r"runtime.strategy: expected one of .*multi_worker_mirrored.*got 'mirored'.*did you mean 'mirrored'"):
+        runtime(strategy="mirored")
+
+
+@pytest.mark.parametrize("name", ["default", "one_device", "mirrored", "multi_worker_mirrored"])
+def test_gpu_request_without_gpu_names_what_is_missing(name):
+    assert not tf.config.list_physical_devices("GPU")  # this machine has none
+    with pytest.raises(distribute.StrategyError, match=r"runtime.device=gpu .*no GPU"):
+        distribute.make_strategy(runtime(strategy=name, device="gpu"))
+
+
+def test_tpu_without_tpu_names_what_is_missing():
+    with pytest.raises(distribute.StrategyError, match=r"strategy=tpu: no TPU reachable .*has CPU only"):
+        distribute.make_strategy(runtime(strategy="tpu"))
+
+
+def test_parameter_server_without_cluster_says_what_to_run():
+    with pytest.raises(distribute.StrategyError, match=r"needs TF_CONFIG with 'chief', 'worker' and 'ps'.*launch_local.py"):
+        distribute.make_strategy(runtime(strategy="parameter_server"))
+
+
+def test_bad_tf_config_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(distribute.StrategyError, match="TF_CONFIG: expected JSON"):
+        distribute.current_task()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}))
+    with pytest.raises(distribute.StrategyError, match=r"task worker:3 is not in the cluster"):
+        distribute.current_task()
+
+
+@pytest.mark.parametrize(
+    "cluster, task, chief",
+    [
+        ({"worker": ["a:1", "b:2"]}, ("worker", 0), True),
+        ({"worker": ["a:1", "b:2"]}, ("worker", 1), False),
+        ({"chief": ["c:0"], "worker": ["a:1"], "ps": ["p:1"]}, ("chief", 0), True),
+        ({"chief": ["c:0"], "worker": ["a:1"], "ps": ["p:1"]}, ("worker", 0), False),
+    ],
+)
+def test_only_the_chief_writes_into_the_workdir(monkeypatch, tmp_path, cluster, task, chief):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
+    assert distribute.current_task().is_chief is chief
+    out = distribute.output_dir(tmp_path)
+    assert (out == tmp_path) is chief
+    distribute.cleanup_output_dir(out, tmp_path)
+    assert tmp_path.exists()
+    if not chief:
+        assert not tf.io.gfile.exists(str(out))
+
+
+def test_linear_lr_scaling_and_the_logged_effective_values():
+    strategy = distribute.make_strategy(runtime(strategy="mirrored", logical_cpus=2))
+    linear = runtime(strategy="mirrored", lr_scaling="linear")
+    assert distribute.learning_rate(0.01, linear, strategy) == pytest.approx(0.02)
+    assert distribute.learning_rate(0.01, runtime(strategy="mirrored"), strategy) == pytest.approx(0.01)
+    line = distribute.describe(strategy, 64, linear, 0.02)
+    for part in ("2 replica(s)", "global batch 64", "per-replica batch 32", "learning rate 0.02 (lr_scaling linear)"):
+        assert part in line
+    with pytest.raises(ValueError, match="train.batch_size: expected a multiple of the 2 replicas"):
+        distribute.check_batch(33, strategy)
+
+
+def _train(tmp_path, *overrides):
+    cfg = tfpipe.load_config(
+        "configs/digits_mlp.yaml",
+        overrides=[
+            "train.epochs=1",
+            "train.steps_per_epoch=20",
+            "train.steps_per_loop=10",
+            "runtime.strategy=mirrored",
+            "runtime.logical_cpus=2",
+            "optimizer.learning_rate=0.01",  # learn something in 20 steps
+            *overrides,
+        ],
+    )
+    metrics = tfpipe.train(cfg, tmp_path)
+    return metrics, keras.saving.load_model(tmp_path / "model.keras")
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_in_16_bits(tmp_path, policy):
+    before = keras.mixed_precision.dtype_policy().name
+    metrics, model = _train(tmp_path, f"runtime.mixed_precision={policy}")
+    assert np.isfinite(metrics["loss"]) and metrics["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense and all(layer.dtype_policy.name == policy for layer in dense)
+    assert all(w.dtype == "float32" for w in model.weights)  # variables stay float32
+    assert keras.mixed_precision.dtype_policy().name == before  # the global policy is put back
+
+
+def test_float16_gets_loss_scaling_bfloat16_does_not():
+    opt = keras.optimizers.Adam()
+    assert isinstance(distribute.wrap_optimizer(opt, runtime(mixed_precision="mixed_float16")), keras.optimizers.LossScaleOptimizer)
+    assert distribute.wrap_optimizer(opt, runtime(mixed_precision="mixed_bfloat16")) is opt
+
+
+def test_jit_compile_trains_like_the_uncompiled_step(tmp_path):
+    # Without dropout the two runs draw no random numbers after the (seeded)
+    # initialisation; same data, same steps: XLA only reorders float arithmetic.
+    plain, _ = _train(tmp_path / "plain", "model.params.dropout=0.0")
+    jit, _ = _train(tmp_path / "jit", "model.params.dropout=0.0", "runtime.jit_compile=true")
+    assert jit["loss"] == pytest.approx(plain["loss"], rel=1e-3)
+    assert jit["accuracy"] == pytest.approx(plain["accuracy"], abs=0.01)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_jit_compile_reaches_xla(tmp_path, jit):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")  # XLA reports compilation at INFO
+    cmd = [sys.executable, "scripts/train.py", "--config", "configs/digits_mlp.yaml", "--workdir", str(tmp_path)]
+    cmd += ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=5", "--set", f"runtime.jit_compile={str(jit).lower()}"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert ("Compiled cluster using XLA" in out.stderr + out.stdout) is jit
