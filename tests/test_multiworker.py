@@ -65,7 +65,7 @@ def test_two_workers_match_one_worker(tmp_path):
     assert chief_metrics["weights_sha256"].startswith(workers["worker 0"][1])
     assert "(not the chief: outputs discarded)" in multi.stdout
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == [
-        "checkpoints", "config.yaml", "logs", "metrics.json", "model.keras"]
+        "checkpoints", "config.yaml", "logs", "metrics.json", "model.keras", "report.json", "report.png"]
     single_acc = json.loads((tmp_path / "single" / "metrics.json").read_text())["accuracy"]
     assert abs(chief_metrics["accuracy"] - single_acc) <= 0.01, (chief_metrics["accuracy"], single_acc)
 

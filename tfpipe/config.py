@@ -176,6 +176,10 @@ class OptionsConfig:
     # tf.data adds a prefetch after the last stage on its own; baselines turn
     # it off to measure a really sequential pipeline.
     inject_prefetch: bool = True
+    # tf.data fuses `map` followed by `batch` into MapAndBatch, which builds
+    # batches in a background thread even at num_parallel_calls 1; baselines
+    # turn it off so the sequential recipe really runs in the consumer's call.
+    map_and_batch_fusion: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

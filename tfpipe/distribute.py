@@ -294,7 +294,7 @@ class PerWorkerInput:
     def __init__(self, coordinator, dataset_fn):
         self.iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
 
-    def start(self, step: int) -> None:  # pylint: disable=unused-argument
+    def start(self, step: int, restored: str | None = None) -> None:  # pylint: disable=unused-argument
         """Nothing to position: see the class docstring."""
 
 

@@ -215,8 +215,14 @@ class Profiler:
             so that the report can set the always-on figure next to the profile's.
     """
 
-    def __init__(self, profile_cfg, workdir, input_timer: InputWaitTimer | None = None):
+    def __init__(self, profile_cfg, workdir, input_timer: InputWaitTimer | None = None, trace: bool = True):
         self._cfg = profile_cfg
+        # trace=False (multi-worker non-chiefs) keeps the same call schedule,
+        # unrolling and markers, so every worker runs the same functions in the
+        # same order (their collectives must pair up), but records nothing: a
+        # non-chief's files are discarded, and TF 2.21 crashed (SIGSEGV in
+        # profiler stop) in 1 of 3 two-worker runs where both workers traced.
+        self._trace = trace
         self._workdir = Path(workdir)
         self._logdir = self._workdir / "logs"
         self._timer = input_timer
@@ -324,6 +330,9 @@ class Profiler:
     def _start(self) -> str:
         self._logdir.mkdir(parents=True, exist_ok=True)
         before = set(_run_dirs(self._logdir))
+        if not self._trace:
+            self._state = "tracing"
+            return self._state
         try:
             tf.profiler.experimental.start(str(self._logdir))
         except Exception as e:  # pylint: disable=broad-except
@@ -336,6 +345,8 @@ class Profiler:
 
     def _stop(self) -> None:
         self._state = "captured"
+        if not self._trace:
+            return
         try:
             tf.profiler.experimental.stop()
         except Exception as e:  # pylint: disable=broad-except

@@ -151,7 +151,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
     input_timer = profiling.InputWaitTimer(cfg.profile.measure_input_wait)
-    profiler = profiling.Profiler(cfg.profile, outdir, input_timer)  # chief-only files, like the rest
+    profiler = profiling.Profiler(cfg.profile, outdir, input_timer, trace=distribute.current_task().is_chief)
 
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 

@@ -139,6 +139,9 @@ def options(data_cfg) -> tf.data.Options:
         # tf.data otherwise adds a prefetch of its own; the sequential
         # baseline must not get one behind its back.
         opts.experimental_optimization.inject_prefetch = False
+    if not cfg.map_and_batch_fusion:
+        # Same reason: the fused MapAndBatch overlaps input with compute.
+        opts.experimental_optimization.map_and_batch_fusion = False
     return opts
 
 
