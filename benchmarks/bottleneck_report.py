@@ -4,7 +4,8 @@
 
 Trains the same model twice on the same files, once with the seed articles'
 sequential recipe (config overrides: map and file reading one element at a
-time, no prefetch, tf.data autotuning off) and once with the config as
+time, no prefetch, tf.data autotuning, injected prefetch and map-and-batch
+fusion off) and once with the config as
 shipped, each run profiled by tfpipe (`profile.*`). For each run it prints
 and records the report's verdict and waiting share next to the always-on
 `input_wait_fraction` measured over the same traced steps, and their
@@ -39,6 +40,7 @@ SEQUENTIAL = [
     "data.prefetch=0",
     "data.options.autotune=false",
     "data.options.inject_prefetch=false",
+    "data.options.map_and_batch_fusion=false",
 ]
 
 

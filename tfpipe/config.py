@@ -84,7 +84,9 @@ class ShuffleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MapConfig:
-    # -1 is tf.data.AUTOTUNE; 1 is the sequential recipe.
+    # -1 is tf.data.AUTOTUNE; 1 is the sequential recipe: a plain map run in
+    # the consumer's call (tf.data's parallel map with 1 call would still
+    # work ahead in a background thread).
     num_parallel_calls: int = _field(-1, min=-1)
     # Preprocessing steps, in order: [{op: rescale, scale: 0.0625}, ...].
     # The ops and their arguments live in tfpipe/data/preprocess.py.
@@ -543,6 +545,9 @@ def _check_cross_field(cfg: Config, where: str):
             f"{where}: data.split: validation + test must leave some training data, "
             f"got {split.validation} + {split.test} >= 1"
         )
+    for key, value in (("map", cfg.data.map.num_parallel_calls), ("read", cfg.data.read.num_parallel_calls)):
+        if value == 0:  # tf.data rejects 0 only when the pipeline runs
+            raise ConfigError(f"{where}: data.{key}.num_parallel_calls: expected -1 (AUTOTUNE) or >= 1, got 0")
     if cfg.data.ignore_errors and cfg.data.check != "full":
         raise ConfigError(
             f"{where}: data.ignore_errors: true needs data.check: full (it counts what is skipped), "

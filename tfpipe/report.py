@@ -244,7 +244,12 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             s["stage"] in _SEQUENTIAL_MAP | _PARALLEL_MAP and s["count"] > 2 * report["markers"] * report["steps_per_marker"]
             for s in stages[:3]
         )
-        if per_element:
+        # Only when every step can run on a whole batch (decoding images cannot).
+        from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
+
+        steps = mapc.get("steps") or ()
+        batchable = all(isinstance(st, dict) and st.get("op") in preprocess.BATCHABLE for st in steps)
+        if per_element and batchable:
             add(
                 "data.map.vectorized",
                 True,

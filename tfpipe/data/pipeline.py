@@ -26,6 +26,12 @@ STAGES = ("read", "shard", "map_before_cache", "cache", "shuffle", "repeat", "ma
 _STATS_CACHE: dict = {}
 
 
+def _map_calls(data_cfg):
+    """`data.map.num_parallel_calls` for `Dataset.map`: 1 means a plain map."""
+    calls = data_cfg.map.num_parallel_calls
+    return None if calls == 1 else calls
+
+
 def _apply(ds, fns, data_cfg, batched: bool):
     """Applies step functions: consecutive maps fused into one map call, filters as filters."""
     run: list = []
@@ -42,7 +48,7 @@ def _apply(ds, fns, data_cfg, batched: bool):
                 x, y = f(x, y)
             return x, y
 
-        return ds.map(fn, num_parallel_calls=data_cfg.map.num_parallel_calls, deterministic=data_cfg.deterministic)
+        return ds.map(fn, num_parallel_calls=_map_calls(data_cfg), deterministic=data_cfg.deterministic)
 
     for f in fns:
         if getattr(f, "is_filter", False):
@@ -53,7 +59,7 @@ def _apply(ds, fns, data_cfg, batched: bool):
                     keep = keep_fn(x, y)
                     return tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), (x, y))
 
-                ds = ds.map(mask, num_parallel_calls=data_cfg.map.num_parallel_calls, deterministic=data_cfg.deterministic)
+                ds = ds.map(mask, num_parallel_calls=_map_calls(data_cfg), deterministic=data_cfg.deterministic)
             else:
                 ds = ds.filter(f)
         else:
