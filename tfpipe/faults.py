@@ -86,9 +86,13 @@ class NonFiniteGuard:
     function fails under MirroredStrategy (its gradient all-reduce may not sit
     in control flow), while a conditional around a second `strategy.run` works.
 
-    Under "stop", once a step failed no later step is applied either, so the
-    state stays the one before the failing step even though Python learns
-    of it only at its next read-back (`after_loop`), which then raises.
+    Under "stop", `check` returns Python True, so no conditional is built and
+    every update is applied; the first bad step is recorded, and Python
+    learns of it at its next read-back (`after_loop`), which raises. Every
+    checkpoint save, evaluation and export comes after such a read-back, so
+    the damaged weights never leave memory and the last checkpoint on disk
+    is the last good state. Under "skip" the conditional is built and a bad
+    batch's update is not applied.
 
     Args:
         policy: `train.on_nonfinite`, "stop" or "skip".
@@ -122,7 +126,14 @@ class NonFiniteGuard:
         self.last_bad_step.assign(tf.where(record, tf.cast(index, tf.int64) + 1, self.last_bad_step))
         self.last_bad_loss.assign(tf.where(record, tf.cast(total_loss, tf.float32), self.last_bad_loss))
         self.skipped.assign_add(tf.cast(~batch_ok, tf.int64))
-        return tf.logical_and(batch_ok, none_before) if self.stops else batch_ok
+        if self.stops:
+            # Python True: the update is applied unconditionally (no graph
+            # conditional per step, which cost ~20% of throughput on the
+            # digits MLP). The bad step's update reaches the weights in
+            # memory only: Python reads the verdict before every checkpoint
+            # save, evaluation and export, and stops there.
+            return True
+        return batch_ok
 
     def after_loop(self, last_checkpoint: str | None) -> None:
         """In Python, when the loop's results are read back: reports skips; raises under "stop" or too many skips.
@@ -143,7 +154,7 @@ class NonFiniteGuard:
                 else f"{skipped} batches skipped, more than train.max_skipped_steps={self.max_skipped}"
             )
             raise NonFiniteError(
-                f"{what} at step {step}; stopping ({why}). Updates from step {step} on were not applied; "
+                f"{what} at step {step}; stopping ({why}). Nothing was saved after that step; "
                 f"last good checkpoint: {last_checkpoint or 'none yet'}. Lower optimizer.learning_rate "
                 f"or check the input data; train.on_nonfinite: skip drops such batches instead."
             )
