@@ -24,6 +24,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+import results_file  # benchmarks/results_file.py
+
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/images_cnn.yaml", "Workload config.")
@@ -87,11 +89,7 @@ def main(argv):
             f"| {name} | {r['verdict']} | {r['input_share_profile']:.1%} | "
             f"{always:.1%} | {r['difference_points']} pts | {r['examples_per_sec'] or 0:,.0f} |"
         )
-    out = ROOT / FLAGS.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out.write_text(json.dumps({"date": stamp, "command": " ".join(sys.argv), "results": results}, indent=2))
-    print(f"wrote {out}")
+    results_file.write(ROOT / FLAGS.out, results)
 
 
 if __name__ == "__main__":

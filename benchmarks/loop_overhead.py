@@ -29,15 +29,21 @@ CONFIG = ROOT / "configs" / "digits_mlp.yaml"
 VARIANTS = {
     "tfpipe_spl1": ("tfpipe", 1),
     "tfpipe_spl50": ("tfpipe", 50),
+    # Without the per-step checks `fit` does not do either: the non-finite
+    # guard and the input-wait timer. Shows what those cost.
+    "tfpipe_spl50_bare": ("tfpipe_bare", 50),
     "fit_spe1": ("fit", 1),
     "fit_spe50": ("fit", 50),
 }
 
 
-def run_tfpipe(steps_per_call: int, epochs: int) -> float:
+def run_tfpipe(steps_per_call: int, epochs: int, bare: bool = False) -> float:
     import tfpipe  # pylint: disable=import-outside-toplevel
 
-    cfg = tfpipe.load_config(CONFIG, overrides=[f"train.epochs={epochs}", f"train.steps_per_loop={steps_per_call}"])
+    overrides = [f"train.epochs={epochs}", f"train.steps_per_loop={steps_per_call}"]
+    if bare:
+        overrides += ["train.on_nonfinite=off", "profile.measure_input_wait=false"]
+    cfg = tfpipe.load_config(CONFIG, overrides=overrides)
     with tempfile.TemporaryDirectory() as workdir:
         # examples_per_sec counts only the loop calls, without the first (tracing) call.
         return tfpipe.train(cfg, workdir)["examples_per_sec"]
@@ -91,7 +97,10 @@ def main():
 
     if args.variant:  # child process: one measurement, printed as JSON
         kind, k = VARIANTS[args.variant]
-        eps = (run_tfpipe if kind == "tfpipe" else run_fit)(k, args.epochs)
+        if kind == "fit":
+            eps = run_fit(k, args.epochs)
+        else:
+            eps = run_tfpipe(k, args.epochs, bare=kind == "tfpipe_bare")
         print("RESULT " + json.dumps({"examples_per_sec": eps}))
         return
 
@@ -108,17 +117,18 @@ def main():
             if out.returncode or not lines:
                 sys.exit(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
             samples[name].append(json.loads(lines[-1][7:])["examples_per_sec"])
-            print(f"round {r + 1}: {name:13s} {samples[name][-1]:10.0f} examples/sec", flush=True)
+            print(f"round {r + 1}: {name:18s} {samples[name][-1]:10.0f} examples/sec", flush=True)
 
     med = {name: statistics.median(v) for name, v in samples.items()}
     ratios = {
         "tfpipe_spl1 / fit_spe1 (target >= 1.2)": med["tfpipe_spl1"] / med["fit_spe1"],
         "tfpipe_spl50 / fit_spe50 (target >= 1.2)": med["tfpipe_spl50"] / med["fit_spe50"],
         "tfpipe_spl50 / fit_spe1 (default vs default, target >= 4)": med["tfpipe_spl50"] / med["fit_spe1"],
+        "tfpipe_spl50_bare / fit_spe50 (no guard, no timer)": med["tfpipe_spl50_bare"] / med["fit_spe50"],
     }
     print("\nmedian examples/sec over", args.rounds, "rounds:")
     for name, value in med.items():
-        print(f"  {name:13s} {value:10.0f}")
+        print(f"  {name:18s} {value:10.0f}")
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}x")
     result = {

@@ -12,7 +12,6 @@ examples/sec per variant (median over rounds, warm-up calls dropped) and the
 ratio on/off; the target is >= 0.97. Writes JSON to benchmarks/results/.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import app, flags
+
+import results_file  # benchmarks/results_file.py
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("config", ["configs/digits_mlp.yaml", "configs/digits_cnn.yaml"], "Configs to measure.")
@@ -109,11 +110,7 @@ def main(argv):
                 f"off {r['examples_per_sec_off']:>9.0f} ex/s   on/off {r['ratio_on_over_off']:.3f}",
                 flush=True,
             )
-    out = Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out.write_text(json.dumps({"date": stamp, "command": " ".join(sys.argv), "results": results}, indent=2))
-    print(f"wrote {out}")
+    results_file.write(Path(FLAGS.out), results)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,17 @@ def test_nan_record_stops_naming_the_step(digits_with_nan, tmp_path, strategy):
 
 
 @pytest.mark.slow
+def test_off_checks_nothing_and_the_nan_spreads(digits_with_nan, tmp_path):
+    # train.on_nonfinite: off is `fit`'s behaviour: no per-step check, so the
+    # corrupt record's update goes through and the weights end non-finite.
+    metrics = tfpipe.train(_config(digits_with_nan, "train.on_nonfinite=off", "train.epochs=1"), tmp_path / "run")
+    assert metrics["nonfinite_skipped"] == 0 and metrics["steps"] == 40
+    reader = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints" / "ckpt-40"))
+    weights = [n for n in reader.get_variable_to_shape_map() if n.startswith(("model/", "optimizer/"))]
+    assert weights and not all(np.all(np.isfinite(reader.get_tensor(n))) for n in weights)
+
+
+@pytest.mark.slow
 def test_nan_record_skipped_each_epoch(digits_with_nan, tmp_path, capsys):
     cfg = _config(digits_with_nan, "train.on_nonfinite=skip")
     tmp_path = tmp_path / "run"

@@ -270,7 +270,7 @@ class TrainConfig:
     steps_per_epoch: int = _field(0, min=0)
     # A step with a non-finite loss or gradient: stop the run (naming the
     # step), or skip its batch and go on. See tfpipe/faults.py.
-    on_nonfinite: str = _field("stop", choices=("stop", "skip"))
+    on_nonfinite: str = _field("stop", choices=("stop", "skip", "off"))
     # With skip: stop anyway after this many skipped batches.
     max_skipped_steps: int = _field(100, min=0)
 

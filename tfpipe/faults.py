@@ -101,6 +101,7 @@ class NonFiniteGuard:
     """
 
     def __init__(self, policy: str, max_skipped: int):
+        self.enabled = policy != "off"  # "off": no per-step checks at all (as in `fit`)
         self.stops = policy == "stop"
         self.max_skipped = max_skipped
         # Plain variables outside any strategy scope, assigned in cross-replica context.
@@ -109,14 +110,17 @@ class NonFiniteGuard:
         self.last_bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="nonfinite_last_loss")
         self._reported = 0
 
-    @staticmethod
-    def flags(loss, grads):
+    def flags(self, loss, grads):
         """In a replica: int32 [loss non-finite, any gradient non-finite] (summed over replicas later)."""
+        if not self.enabled:
+            return tf.zeros([2], tf.int32)
         grads_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
         return tf.cast(tf.stack([~tf.math.is_finite(loss), ~grads_ok]), tf.int32)
 
     def check(self, strategy, index, loss, flags):
         """In the compiled loop: True if the step's update may be applied; records a bad step."""
+        if not self.enabled:
+            return True
         bad = strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
         batch_ok = tf.reduce_sum(bad) == 0
         none_before = self.skipped == 0
