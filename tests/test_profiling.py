@@ -308,7 +308,7 @@ def test_steps_per_marker_is_inferred_from_step_numbers():
 def _wait_fraction(dataset) -> float:
     """Runs a small model on `dataset` with the timer; the waited share of wall time."""
     timer = profiling.InputWaitTimer(True)
-    w = tf.Variable(tf.eye(192))
+    w = tf.Variable(tf.eye(384))
     it = iter(dataset)
 
     @tf.function
@@ -316,7 +316,8 @@ def _wait_fraction(dataset) -> float:
         done = timer.token()
         for _ in tf.range(n):
             x = timer.next(it, done)
-            # About a millisecond of compute that needs the batch.
+            # A few milliseconds of compute that needs the batch: long enough
+            # that the iterator's hand-over (~0.1 ms) is a small share.
             y = w + tf.reduce_mean(x)
             for _ in range(4):
                 y = tf.matmul(y, w)
@@ -339,7 +340,7 @@ def test_input_wait_timer_tells_slow_from_cached_pipelines():
         return m[0, :64]
 
     base = tf.data.Dataset.range(10**6)
-    sequential = base.map(slow).batch(8)
+    sequential = base.map(slow).batch(128)  # ~20 ms of input per step
     cached = base.take(64).map(slow).cache().repeat().batch(8).prefetch(4)
     slow_wait, cached_wait = _wait_fraction(sequential), _wait_fraction(cached)
     assert slow_wait > 0.5, slow_wait
