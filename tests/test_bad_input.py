@@ -54,6 +54,25 @@ def test_corrupted_tfrecord_names_file_and_record(tmp_path, images):
         check.preflight(image_cfg(tmp_path, images, check="full"))
 
 
+def test_ignore_errors_counts_every_record_lost_after_tfrecord_damage(tmp_path, images):
+    # TensorFlow's reader stops at a corrupted record, so records 2..11 of the
+    # shard are lost, not just record 2: the count must say 10, and the
+    # pipeline must deliver exactly the other 14.
+    shard = os.path.join(images["tfrecord"], "train-00000-of-00002.tfrecord")
+    data = bytearray(open(shard, "rb").read())
+    offset = 0
+    for _ in range(2):  # skip records 0 and 1: length, length CRC, payload, payload CRC
+        offset += 8 + 4 + int.from_bytes(data[offset:offset + 8], "little") + 4
+    data[offset + 12 + 30] ^= 0xFF  # inside record 2's payload
+    open(shard, "wb").write(bytes(data))
+    cfg = image_cfg(tmp_path, images, check="full", ignore_errors=True)
+    logged = []
+    assert check.preflight(cfg, log=logged.append).bad_records == 10
+    assert "records 2-11 of this file are lost" in logged[0]
+    n = sum(int(y.shape[0]) for _, y in pipeline.build(cfg, "train", 4, training=False))
+    assert n == 24 - 10
+
+
 def _example(image: bytes, label: int):
     return tf.train.Example(features=tf.train.Features(feature={
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
@@ -74,6 +93,23 @@ def test_undecodable_jpeg_in_a_tfrecord_names_the_record_and_ignore_errors_skips
     assert report.bad_records == 1
     got = list(pipeline.build(cfg, "train", 1, training=False))
     assert len(got) == 5
+
+
+def test_ignore_errors_under_vectorized_parsing_drops_the_bad_record_alone(tmp_path, images):
+    good = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(images["tfrecord"], "train-00000-of-00002.tfrecord"))]
+    bad = str(tmp_path / "bad.tfrecord")
+    wrong_label = tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"])),
+        "label": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"three"])),  # spec: int64
+    }))
+    with tf.io.TFRecordWriter(bad) as w:
+        for i, r in enumerate(good[:6]):
+            w.write(wrong_label.SerializeToString() if i == 3 else r)
+    cfg = data_cfg(tmp_path, source="tfrecord", files={"train": bad}, tfrecord={"spec_file": images["spec"]},
+                   cache="", map={"vectorized": True}, check="full", ignore_errors=True)
+    assert check.preflight(cfg, log=lambda _: None).bad_records == 1
+    # parse_example on a batch of 4 would fail the whole batch; per record only record 3 goes.
+    assert sum(int(y.shape[0]) for _, y in pipeline.build(cfg, "train", 4, training=False)) == 5
 
 
 def test_undecodable_image_in_a_folder_names_the_file(tmp_path, images):

@@ -33,8 +33,9 @@ class DataError(ValueError):
 @dataclasses.dataclass
 class Report:
     problems: list = dataclasses.field(default_factory=list)
-    # Records that the pipeline will skip with ignore_errors (a truncated or
-    # corrupted TFRecord counts once: the records after the damage are unreadable).
+    # Records that the pipeline will skip with ignore_errors. TensorFlow's
+    # TFRecord reader stops at a truncated or corrupted record, so every
+    # record from there to the end of that file counts.
     bad_records: int = 0
     checked_records: int = 0
 
@@ -59,10 +60,13 @@ def _check_records(path, source, decode_fns, full: bool, report: Report) -> None
         for _ in raw:
             ok += 1
     except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+        frames = _count_frames(path)
+        lost = max(frames - ok, 1)
         report.problems.append(
             f"{path}: record {ok}: truncated or corrupted ({_short(e)}); expected a complete TFRecord file"
+            + (f" (TensorFlow reads no further: records {ok}-{ok + lost - 1} of this file are lost)" if lost > 1 else "")
         )
-        report.bad_records += 1
+        report.bad_records += lost
     if ok == 0:
         if not report.problems or not report.problems[-1].startswith(f"{path}:"):
             report.problems.append(f"{path}: no records; expected at least one tf.train.Example")
@@ -78,6 +82,28 @@ def _check_records(path, source, decode_fns, full: bool, report: Report) -> None
         path, tf.data.TFRecordDataset(path).take(ok), convert, "record", report,
         "parse with the feature spec" + (" and decode" if decode_fns else ""),
     )
+
+
+def _count_frames(path) -> int:
+    """Records in a TFRecord file by its framing alone (checksums not checked).
+
+    Each record is an 8-byte little-endian length, a 4-byte length checksum,
+    the payload and a 4-byte payload checksum. A frame cut short by the end
+    of the file counts as one record. A corrupt length makes the rest of the
+    file one record: nothing better is known about it.
+    """
+    size = tf.io.gfile.stat(path).length
+    frames, offset = 0, 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while offset < size:
+            frames += 1
+            header = f.read(8)
+            length = int.from_bytes(header, "little") if len(header) == 8 else size
+            offset += 8 + 4 + length + 4
+            if offset >= size:
+                break
+            f.seek(offset)
+    return frames
 
 
 def _find_bad(path, records, convert, unit, report, expected, names=None):
