@@ -123,13 +123,19 @@ def test_normalize_statistics_come_from_the_training_split(tmp_path, records):
 
 
 def test_evaluation_is_deterministic_even_with_random_steps(tmp_path, records):
-    steps = [{"op": "reshape", "shape": [1, 2, 1]}, {"op": "random_flip"}]
+    # The records hold x = [i, i]; the normalize makes it [i, i + 1000], so a
+    # left-right flip shows as x[0] > x[1].
+    steps = [{"op": "normalize", "mean": [0.0, -1000.0], "std": [1.0, 1.0]},
+             {"op": "reshape", "shape": [1, 2, 1]}, {"op": "random_flip"}]
     cfg = rec_cfg(tmp_path, records, map={"steps": steps}, deterministic=True)
     a = [x.numpy() for x, _ in pipeline.build(cfg, "train", 8, training=False)]
     b = [x.numpy() for x, _ in pipeline.build(cfg, "train", 8, training=False)]
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
-    flipped = np.concatenate([x.numpy() for x, _ in pipeline.build(cfg, "train", 40, training=True).take(3)])
-    assert flipped.shape == (120, 1, 2, 1)
+    assert all((x[:, 0, 0, 0] < x[:, 0, 1, 0]).all() for x in a)  # evaluation never flips
+    trained = np.concatenate([x.numpy() for x, _ in pipeline.build(cfg, "train", 40, training=True).take(3)])
+    assert trained.shape == (120, 1, 2, 1)
+    flipped = (trained[:, 0, 0, 0] > trained[:, 0, 1, 0]).mean()
+    assert 0.2 < flipped < 0.8, f"training should flip about half the examples, flipped {flipped:.0%}"
 
 
 def test_options_follow_the_config(tmp_path, records):
