@@ -63,31 +63,38 @@ def _pipeline(kind: str, cfg):
     maps = [f for f in fns if not getattr(f, "is_filter", False)]
     filters = [f for f in fns if getattr(f, "is_filter", False)]
 
-    def per_example(record):
-        x, y = src.parse(record)
-        for f in maps:
-            x, y = f(x, y)
-        return x, y
-
-    def keep(record):
-        x, y = src.parse(record)
+    # Parse once; filters (drop_missing) look at the parsed example, then the
+    # remaining steps run on what they keep.
+    def keep(x, y):
         ok = tf.constant(True)
         for f in filters:
             ok = tf.logical_and(ok, f(x, y))
         return ok
 
+    def steps(x, y):
+        for f in maps:
+            x, y = f(x, y)
+        return x, y
+
+    def per_example(ds, parallel):
+        if not filters:  # one map call per example, as a hand-written pipeline has
+            return ds.map(lambda record: steps(*src.parse(record)), num_parallel_calls=parallel)
+        ds = ds.map(src.parse, num_parallel_calls=parallel).filter(keep)
+        return ds.map(steps, num_parallel_calls=parallel)
+
     files = sorted(src.files)
     if kind == "sequential":
         ds = tf.data.Dataset.from_tensor_slices(files).flat_map(src.reader)
-        if filters:
-            ds = ds.filter(keep)
-        ds = ds.shuffle(data.shuffle.buffer_size, seed=0).repeat().map(per_example)
+        ds = ds.shuffle(data.shuffle.buffer_size, seed=0).repeat()
+        ds = per_example(ds, None)  # None: a plain map, run in the consumer's call
         ds = ds.batch(cfg.train.batch_size, drop_remainder=True)
         opts = tf.data.Options()
-        # Without these tf.data would add a prefetch and autotune buffers on
-        # its own, and the "sequential" baseline would not be sequential.
+        # Without these tf.data would add a prefetch, autotune buffers and fuse
+        # the last map with the batch into MapAndBatch (which works ahead in
+        # its own thread): the "sequential" baseline would not be sequential.
         opts.autotune.enabled = False
         opts.experimental_optimization.inject_prefetch = False
+        opts.experimental_optimization.map_and_batch_fusion = False
         return ds.with_options(opts)
 
     # The guide: interleave files in parallel, cache raw records, shuffle,
@@ -95,10 +102,8 @@ def _pipeline(kind: str, cfg):
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         src.reader, cycle_length=4, num_parallel_calls=tf.data.AUTOTUNE
     )
-    if filters:
-        ds = ds.filter(keep)
     ds = ds.cache().shuffle(data.shuffle.buffer_size, seed=0).repeat()
-    ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = per_example(ds, tf.data.AUTOTUNE)
     ds = ds.batch(cfg.train.batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
