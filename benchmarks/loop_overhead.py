@@ -34,6 +34,10 @@ VARIANTS = {
     "tfpipe_spl50_bare": ("tfpipe_bare", 50),
     "fit_spe1": ("fit", 1),
     "fit_spe50": ("fit", 50),
+    # `fit` with the thread settings of tfpipe's config (runtime.*_op_threads):
+    # separates what the loop gains from what the config's threads gain.
+    "fit_spe1_threads": ("fit_threads", 1),
+    "fit_spe50_threads": ("fit_threads", 50),
 }
 
 
@@ -49,15 +53,18 @@ def run_tfpipe(steps_per_call: int, epochs: int, bare: bool = False) -> float:
         return tfpipe.train(cfg, workdir)["examples_per_sec"]
 
 
-def run_fit(steps_per_call: int, epochs: int) -> float:
+def run_fit(steps_per_call: int, epochs: int, threads: bool = False) -> float:
     import keras  # pylint: disable=import-outside-toplevel
     import math  # pylint: disable=import-outside-toplevel
 
     import models  # pylint: disable=import-outside-toplevel
     import tfpipe  # pylint: disable=import-outside-toplevel
+    from tfpipe import distribute  # pylint: disable=import-outside-toplevel
     from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
 
     cfg = tfpipe.load_config(CONFIG)
+    if threads:  # the config's inter/intra-op threads, set before TensorFlow starts
+        distribute.configure_devices(cfg.runtime)
     keras.utils.set_random_seed(cfg.runtime.seed)
     batch = cfg.train.batch_size
     train = sources.load(cfg.data, "train")
@@ -97,8 +104,8 @@ def main():
 
     if args.variant:  # child process: one measurement, printed as JSON
         kind, k = VARIANTS[args.variant]
-        if kind == "fit":
-            eps = run_fit(k, args.epochs)
+        if kind.startswith("fit"):
+            eps = run_fit(k, args.epochs, threads=kind == "fit_threads")
         else:
             eps = run_tfpipe(k, args.epochs, bare=kind == "tfpipe_bare")
         print("RESULT " + json.dumps({"examples_per_sec": eps}))
@@ -125,6 +132,8 @@ def main():
         "tfpipe_spl50 / fit_spe50 (target >= 1.2)": med["tfpipe_spl50"] / med["fit_spe50"],
         "tfpipe_spl50 / fit_spe1 (default vs default, target >= 4)": med["tfpipe_spl50"] / med["fit_spe1"],
         "tfpipe_spl50_bare / fit_spe50 (no guard, no timer)": med["tfpipe_spl50_bare"] / med["fit_spe50"],
+        "tfpipe_spl1 / fit_spe1_threads (same threads)": med["tfpipe_spl1"] / med["fit_spe1_threads"],
+        "tfpipe_spl50 / fit_spe50_threads (same threads)": med["tfpipe_spl50"] / med["fit_spe50_threads"],
     }
     print("\nmedian examples/sec over", args.rounds, "rounds:")
     for name, value in med.items():

@@ -308,6 +308,15 @@ class RuntimeConfig:
     # Split the host CPU into this many logical devices (0 = leave as is), so
     # that a multi-replica strategy can be tried on a machine without GPUs.
     logical_cpus: int = _field(0, min=0)
+    # TensorFlow's op threads: inter between independent ops, intra inside
+    # one op (a matmul split across cores). 0 = TensorFlow's choice, one per
+    # core. Steps of tiny ops (the digits MLP: ~0.3 ms of ~150 ops) lose more
+    # to handing work between threads than they gain; intra 1 made them
+    # faster here (BENCHMARKS.md, loop overhead). Large convolutions or
+    # matmuls want intra-op threads. Set before TensorFlow starts; tf.data
+    # has its own thread pool (data.options.private_threadpool_size).
+    inter_op_threads: int = _field(0, min=0)
+    intra_op_threads: int = _field(0, min=0)
     seed: int = 0
 
 

@@ -36,6 +36,7 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 
 class StrategyError(RuntimeError):
@@ -43,12 +44,14 @@ class StrategyError(RuntimeError):
 
 
 def configure_devices(runtime_cfg) -> None:
-    """Splits the CPU into `runtime.logical_cpus` logical devices.
+    """Sets TensorFlow's op thread pools and splits the CPU into `runtime.logical_cpus` logical devices.
 
     Must run before TensorFlow initialises its devices. If they are already
     initialised (a notebook that ran TF before, or a test process), an equal
-    split is accepted and a different one is a clear error.
+    split is accepted and a different one is a clear error; thread counts
+    that can no longer change only warn, since they change speed, not results.
     """
+    _set_threads(runtime_cfg)
     n = runtime_cfg.logical_cpus
     if n <= 0:
         return
@@ -63,6 +66,21 @@ def configure_devices(runtime_cfg) -> None:
                 f"already initialised with {have} in this process; set runtime.logical_cpus "
                 f"before anything else runs TensorFlow (or restart the notebook kernel)"
             ) from None
+
+
+def _set_threads(runtime_cfg) -> None:
+    wanted = {"inter": runtime_cfg.inter_op_threads, "intra": runtime_cfg.intra_op_threads}
+    for kind, n in wanted.items():
+        getter = getattr(tf.config.threading, f"get_{kind}_op_parallelism_threads")
+        setter = getattr(tf.config.threading, f"set_{kind}_op_parallelism_threads")
+        if n <= 0 or getter() == n:
+            continue
+        try:
+            setter(n)
+        except RuntimeError:
+            logging.warning(
+                "runtime.%s_op_threads=%d ignored: TensorFlow already started in this process with %d "
+                "(0 = one per core); set it before anything else runs TensorFlow", kind, n, getter())
 
 
 # ---------------------------------------------------------------- the cluster
