@@ -185,12 +185,30 @@ def test_always_on_scalars_in_tensorboard_logs(runs):
     assert len(values) == 1 and 0.0 <= values[0] <= 1.0
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in open(table, encoding="ascii").read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
 @pytest.mark.slow
-def test_capture_on_demand_from_running_job(tmp_path):
+@pytest.mark.parametrize("host", ["127.0.0.1", "all"])
+def test_capture_on_demand_from_running_job(tmp_path, host):
+    # 127.0.0.1: tfpipe's capture endpoint, on loopback only; "all": TensorFlow's
+    # gRPC profiler server, which binds every interface.
     port = free_port()
     job = train(
         tmp_path / "job",
-        ["train.epochs=100000", "profile.enabled=false", f"profile.server_port={port}"],
+        ["train.epochs=100000", "profile.enabled=false", f"profile.server_port={port}",
+         f"profile.server_host={host}"],
         background=True,
     )
     try:
@@ -201,7 +219,12 @@ def test_capture_on_demand_from_running_job(tmp_path):
             assert line or job.poll() is None, "".join(lines)[-3000:]
             lines.append(line)
             assert time.time() < deadline, "".join(lines)[-3000:]
-        assert any(f"profiler server on port {port}" in line for line in lines)
+        if host == "all":
+            assert any(f"profiler server on port {port}" in line for line in lines)
+            assert _listening_addresses(port) & {"00000000", "00000000000000000000000000000000"}
+        else:
+            assert any(f"capture server on 127.0.0.1:{port}" in line for line in lines)
+            assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and nothing else
         logdir = tmp_path / "captured"
         proc = subprocess.run(
             [
@@ -230,6 +253,7 @@ def test_capture_on_demand_from_running_job(tmp_path):
     assert captured["verdict"] in ("input-bound", "balanced", "compute-bound")
     assert captured["steps_per_marker"] == 50 or captured["steps_per_marker"] == 40
     assert "step time" in proc.stdout
+    assert ("(tfpipe)" if host != "all" else "(grpc)") in proc.stdout
 
 
 # ---------------------------------------------------------------- in-process

@@ -333,9 +333,13 @@ class ProfileConfig:
     start_step: int = _field(200, min=0)
     # Steps the window covers, rounded up to whole loop calls.
     num_steps: int = _field(100, min=1)
-    # A profiler server for on-demand capture (0 = none). TensorFlow 2.21
-    # binds it to every interface ([::]:port): it has no host argument.
+    # A server for on-demand capture (0 = none), bound to server_host:
+    # tfpipe's own capture endpoint (tfpipe/capture_server.py). "all" starts
+    # TensorFlow's gRPC profiler server instead, which TF 2.21 binds to every
+    # interface ([::]:port, it has no host argument); TensorBoard's "Capture
+    # profile" button talks to that one.
     server_port: int = _field(0, min=0, max=65535)
+    server_host: str = "127.0.0.1"
     # Time each step's wait for its batch (input_wait_fraction); off only to
     # measure what the timing costs.
     measure_input_wait: bool = True

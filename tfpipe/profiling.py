@@ -41,8 +41,9 @@ verified here, see tests/test_profiling.py):
   carries the call's first step number; the report divides by `n`.
 - `tf.profiler.experimental.server.start(port)` binds `[::]:port`, every
   interface, and has no host argument. When the port is taken it only logs
-  a C++ error. tfpipe checks the port first and says which interface the
-  server listens on.
+  a C++ error. So on-demand capture is served by tfpipe itself on
+  `profile.server_host` (127.0.0.1 by default, tfpipe/capture_server.py);
+  `server_host: all` starts TensorFlow's server, after checking the port.
 
 Observability never stops training: every profiler failure (unwritable log
 directory, port in use, another profiler session, a converter error) is
@@ -52,6 +53,7 @@ logged as a warning and the run goes on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -59,6 +61,8 @@ from pathlib import Path
 
 import tensorflow as tf
 from absl import logging
+
+from tfpipe import capture_server
 
 STEP_MARKER = "train"
 
@@ -180,12 +184,26 @@ def port_is_free(port: int) -> bool:
     return False
 
 
-def start_server(port: int) -> bool:
-    """Starts TensorFlow's profiler server for on-demand capture.
+def start_server(port: int, host: str = "127.0.0.1") -> bool:
+    """Starts a server for on-demand capture on `host:port`.
+
+    `host` "all" starts TensorFlow's gRPC profiler server (every interface);
+    any other host, tfpipe's capture endpoint bound to that address.
 
     Returns:
         True when the server was started; False (with a warning) otherwise.
     """
+    hint = (f"capture with: python scripts/capture_profile.py --address {'127.0.0.1' if host == 'all' else host}:{port} "
+            f"--duration_ms 2000 --logdir LOGDIR")
+    if host != "all":
+        try:
+            capture_server.start(host, port)
+        except OSError as e:
+            why = f"port {port} is in use on {host}" if e.errno == errno.EADDRINUSE else f"cannot listen on {host}:{port} ({e})"
+            _warn(f"profile.server_port: {why}; no capture server started")
+            return False
+        print(f"[tfpipe] capture server on {host}:{port} (this address only); {hint}", flush=True)
+        return True
     if not port_is_free(port):
         _warn(f"profile.server_port: port {port} is in use; no profiler server started")
         return False
@@ -194,12 +212,8 @@ def start_server(port: int) -> bool:
     except Exception as e:  # pylint: disable=broad-except
         _warn(f"profile.server_port: the profiler server did not start on port {port}: {e}")
         return False
-    print(
-        f"[tfpipe] profiler server on port {port} (TensorFlow binds every interface, [::]:{port}); "
-        f"capture with: python scripts/capture_profile.py --address 127.0.0.1:{port} --duration_ms 2000 "
-        f"--logdir LOGDIR",
-        flush=True,
-    )
+    print(f"[tfpipe] profiler server on port {port} (TensorFlow binds every interface, [::]:{port}); {hint}",
+          flush=True)
     return True
 
 
@@ -234,7 +248,7 @@ class Profiler:
         self._calls = 0
         self._profiled = [0, 0.0, 0.0]
         self.report = None
-        self._server = bool(profile_cfg.server_port) and start_server(profile_cfg.server_port)
+        self._server = bool(profile_cfg.server_port) and start_server(profile_cfg.server_port, profile_cfg.server_host)
 
     def call(self, train_call, first_step: int, num_steps: int):
         """Runs one call of the training loop, `train_call(num_steps, unrolled=...)`.
@@ -328,14 +342,19 @@ class Profiler:
         return contextlib.nullcontext()
 
     def _start(self) -> str:
-        self._logdir.mkdir(parents=True, exist_ok=True)
-        before = set(_run_dirs(self._logdir))
         if not self._trace:
             self._state = "tracing"
             return self._state
+        if not capture_server.lock.acquire(blocking=False):
+            _warn("profiler: an on-demand capture is running; the scheduled trace window is skipped")
+            self._state = "failed"
+            return self._state
         try:
+            self._logdir.mkdir(parents=True, exist_ok=True)
+            before = set(_run_dirs(self._logdir))
             tf.profiler.experimental.start(str(self._logdir))
         except Exception as e:  # pylint: disable=broad-except
+            capture_server.lock.release()
             _warn(f"profiler: could not start a trace in {self._logdir}: {e}; training goes on without one")
             self._state = "failed"
             return self._state
@@ -353,6 +372,8 @@ class Profiler:
             _warn(f"profiler: could not write the trace to {self._logdir}: {e}")
             self._state = "failed"
             return
+        finally:
+            capture_server.lock.release()
         new = [d for d in _run_dirs(self._logdir) if d not in self._before]
         self._run_dir = max(new, key=os.path.getmtime) if new else None
         traced = self._traced
@@ -399,10 +420,10 @@ class Profiler:
                 config=config,
                 always_on_input_wait_fraction=always_on,
             )
+            print(report_lib.summary(self.report), flush=True)
         except Exception as e:  # pylint: disable=broad-except
             _warn(f"profiler: could not analyse {self._run_dir}: {type(e).__name__}: {e}")
             return None
-        print(report_lib.summary(self.report), flush=True)
         return self.report
 
 
