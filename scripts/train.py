@@ -4,8 +4,9 @@
 
 Config errors end the run with one line naming the key and what was expected.
 Exit codes: 0 done, 2 config or data error, 3 non-finite loss (train.on_nonfinite:
-stop), 4 no checkpoint in the workdir can be restored, 143 preempted by
-SIGTERM after saving a checkpoint (rerun to continue).
+stop), 4 no checkpoint in the workdir can be restored, 5 lost contact with
+another task of a multi-worker cluster (restart the whole job), 143 preempted
+by SIGTERM after saving a checkpoint (rerun to continue).
 """
 
 import datetime
@@ -65,7 +66,7 @@ def main(argv):
         if not distribute.current_task().task_type:
             raise
         print(f"error: {distribute.peer_lost_message(e)}", file=sys.stderr)
-        return 3
+        return faults.EXIT_PEER_LOST
     return 0
 
 

@@ -95,7 +95,7 @@ def test_dead_worker_stops_the_others_and_the_job_resumes(tmp_path):
             p.kill()
             p.wait()
     survivor = logs[0].read_text()
-    assert code == 3, survivor[-3000:]
+    assert code == 5, survivor[-3000:]
     assert "error: worker:0: lost contact with another task of the cluster" in survivor
     assert "restart the whole job; it resumes from the chief's last checkpoint" in survivor
     print(f"survivor exited {waited:.1f} s after the kill")

@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 EXIT_NONFINITE = 3
+EXIT_PEER_LOST = 5  # a multi-worker peer died or stopped answering
 EXIT_PREEMPTED = 128 + signal.SIGTERM
 
 _preemption = threading.Event()
