@@ -32,6 +32,9 @@ VARIANTS = {
     # Without the per-step checks `fit` does not do either: the non-finite
     # guard and the input-wait timer. Shows what those cost.
     "tfpipe_spl50_bare": ("tfpipe_bare", 50),
+    # With TensorFlow's default threads instead of the config's: what the
+    # config's runtime.*_op_threads gain.
+    "tfpipe_spl50_tfthreads": ("tfpipe_tfthreads", 50),
     "fit_spe1": ("fit", 1),
     "fit_spe50": ("fit", 50),
     # `fit` with the thread settings of tfpipe's config (runtime.*_op_threads):
@@ -41,12 +44,14 @@ VARIANTS = {
 }
 
 
-def run_tfpipe(steps_per_call: int, epochs: int, bare: bool = False) -> float:
+def run_tfpipe(steps_per_call: int, epochs: int, kind: str = "tfpipe") -> float:
     import tfpipe  # pylint: disable=import-outside-toplevel
 
     overrides = [f"train.epochs={epochs}", f"train.steps_per_loop={steps_per_call}"]
-    if bare:
+    if kind == "tfpipe_bare":
         overrides += ["train.on_nonfinite=off", "profile.measure_input_wait=false"]
+    if kind == "tfpipe_tfthreads":
+        overrides += ["runtime.inter_op_threads=0", "runtime.intra_op_threads=0"]
     cfg = tfpipe.load_config(CONFIG, overrides=overrides)
     with tempfile.TemporaryDirectory() as workdir:
         # examples_per_sec counts only the loop calls, without the first (tracing) call.
@@ -107,7 +112,7 @@ def main():
         if kind.startswith("fit"):
             eps = run_fit(k, args.epochs, threads=kind == "fit_threads")
         else:
-            eps = run_tfpipe(k, args.epochs, bare=kind == "tfpipe_bare")
+            eps = run_tfpipe(k, args.epochs, kind)
         print("RESULT " + json.dumps({"examples_per_sec": eps}))
         return
 
@@ -132,6 +137,7 @@ def main():
         "tfpipe_spl50 / fit_spe50 (target >= 1.2)": med["tfpipe_spl50"] / med["fit_spe50"],
         "tfpipe_spl50 / fit_spe1 (default vs default, target >= 4)": med["tfpipe_spl50"] / med["fit_spe1"],
         "tfpipe_spl50_bare / fit_spe50 (no guard, no timer)": med["tfpipe_spl50_bare"] / med["fit_spe50"],
+        "tfpipe_spl50 / tfpipe_spl50_tfthreads (the config's threads)": med["tfpipe_spl50"] / med["tfpipe_spl50_tfthreads"],
         "tfpipe_spl1 / fit_spe1_threads (same threads)": med["tfpipe_spl1"] / med["fit_spe1_threads"],
         "tfpipe_spl50 / fit_spe50_threads (same threads)": med["tfpipe_spl50"] / med["fit_spe50_threads"],
     }
