@@ -4,6 +4,7 @@ scripts/launch_local.py, a dying worker, the restart, and parameter_server."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +107,45 @@ def test_dead_worker_stops_the_others_and_the_job_resumes(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:]
     for w in ("worker 0", "worker 1"):
         assert re.search(rf"\[{w}\] \[tfpipe\] resuming from .*/checkpoints/ckpt-{saved[-1]} at step {saved[-1]}", again.stdout)
+    workers = done_lines(again.stdout)
+    assert workers["worker 0"][1] == workers["worker 1"][1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
+    # A preempted VM signals one worker; saving is collective, so all workers
+    # must agree on the step at which they save and stop.
+    workdir = str(tmp_path / "run")
+    cluster = launch.cluster_spec(2)
+    cmd = [*TRAIN, "--workdir", workdir, "--set", "runtime.strategy=multi_worker_mirrored", "--set", "train.epochs=30"]
+    procs, logs = [], []
+    for i in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        logs.append(tmp_path / f"worker{i}.log")
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT))
+    try:
+        deadline = time.monotonic() + 180
+        while "epoch 3/30" not in logs[1].read_text():
+            assert time.monotonic() < deadline and procs[1].poll() is None, logs[1].read_text()[-2000:]
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    texts = [log.read_text() for log in logs]
+    assert codes == [143, 143], [t[-2000:] for t in texts]
+    stops = [re.search(r"preempted \(SIGTERM\): stopped at step (\d+)", t) for t in texts]
+    assert all(stops), [t[-2000:] for t in texts]
+    step = int(stops[0].group(1))
+    assert int(stops[1].group(1)) == step and 80 <= step < 30 * 40
+    assert os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{step}.index"))
+
+    again = run([*LAUNCH, "--num_workers", "2", "--", *cmd, "--set", "train.epochs=5"])
+    assert again.returncode == 0, again.stdout[-3000:]
+    for w in ("worker 0", "worker 1"):
+        assert re.search(rf"\[{w}\] \[tfpipe\] resuming from .*/checkpoints/ckpt-{step} at step {step}", again.stdout)
     workers = done_lines(again.stdout)
     assert workers["worker 0"][1] == workers["worker 1"][1]
 

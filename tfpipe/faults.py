@@ -56,19 +56,72 @@ def handle_sigterm() -> None:
     the default would.
     """
 
-    def on_sigterm(signum, frame):  # pylint: disable=unused-argument
-        if _preemption.is_set():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.raise_signal(signal.SIGTERM)
-        _preemption.set()
-        print("[tfpipe] SIGTERM: will save a checkpoint and stop at the next loop boundary", flush=True)
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+
+def _on_sigterm(signum, frame):  # pylint: disable=unused-argument
+    if _preemption.is_set():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+    _preemption.set()
+    print("[tfpipe] SIGTERM: will save a checkpoint and stop at the next loop boundary", flush=True)
+
+
+def keep_sigterm_handler() -> None:
+    """Puts `handle_sigterm`'s handler back if TensorFlow replaced it.
+
+    Creating a MultiWorkerMirroredStrategy starts TensorFlow's coordination
+    service, whose preemption notifier installs its own C++ SIGTERM handler
+    over Python's (verified: "preemption_notifier.cc: SIGTERM caught", and the
+    Python handler never ran, so the worker trained on). Call after the
+    strategy exists; does nothing unless `handle_sigterm()` was called.
+    """
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: nothing can be installed from here
+            pass
 
 
 def preemption_requested() -> bool:
     """True once SIGTERM arrived (after `handle_sigterm()`)."""
     return _preemption.is_set()
+
+
+class PreemptionVote:
+    """Whether to stop for preemption now, agreed by every worker of the job.
+
+    Under multi_worker_mirrored a checkpoint save is collective, so workers
+    must stop at the same loop boundary; a scheduler may signal one worker
+    (its VM is preempted) or all of them at slightly different moments. At
+    every loop boundary each worker all-reduces its SIGTERM flag (a sum), one
+    scalar collective per loop call, and all see the same answer. Other
+    strategies read the local flag.
+
+    Args:
+        strategy: the run's `tf.distribute.Strategy`.
+    """
+
+    def __init__(self, strategy):
+        self._vote = None
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+
+            @tf.function
+            def vote(flag):
+                def replica_fn(flag):
+                    # Copied onto the replica's device: the all-reduce needs a
+                    # value there ("destinations can not be empty" otherwise).
+                    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
+
+                return strategy.experimental_local_results(strategy.run(replica_fn, args=(flag,)))[0]
+
+            self._vote = vote
+
+    def __call__(self) -> bool:
+        """True if this or any other worker received SIGTERM (same answer on every worker)."""
+        if self._vote is None:
+            return preemption_requested()
+        return int(self._vote(tf.constant(int(preemption_requested()), tf.int32))) > 0
 
 
 class NonFiniteGuard:

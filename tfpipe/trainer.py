@@ -100,6 +100,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     distribute.serve_parameter_server_task(cfg.runtime)  # ps/worker tasks block here
     keras.utils.set_random_seed(cfg.runtime.seed)
     strategy = distribute.make_strategy(cfg.runtime)
+    faults.keep_sigterm_handler()  # multi_worker_mirrored's coordination service replaces it
     # parameter_server: this process is the coordinator; steps run on workers.
     coordinator = (
         tf.distribute.coordinator.ClusterCoordinator(strategy) if distribute.is_parameter_server(strategy) else None
@@ -152,6 +153,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
     input_timer = profiling.InputWaitTimer(cfg.profile.measure_input_wait)
     profiler = profiling.Profiler(cfg.profile, outdir, input_timer, trace=distribute.current_task().is_chief)
+    preemption = faults.PreemptionVote(strategy)
 
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -312,10 +314,11 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 progbar.update(current - epoch * steps_per_epoch, values=values)
                 last_draw = now
                 nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
-            if checkpointer.due(current) or faults.preemption_requested():
+            preempted = preemption()  # agreed by all workers of a multi-worker job
+            if checkpointer.due(current) or preempted:
                 nonfinite.after_loop(checkpointer.latest)  # never save past a stop
                 checkpointer.save(current)
-            if faults.preemption_requested():
+            if preempted:
                 for writer in writers.values():
                     writer.flush()
                 raise faults.Preempted(current, checkpointer.latest)
