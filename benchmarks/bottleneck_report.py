@@ -17,6 +17,7 @@ The config's relative data paths are resolved from --data_root (the directory
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +49,9 @@ SEQUENTIAL = [
 
 def run(name, overrides):
     workdir = Path(FLAGS.workdir) / name
+    # A fresh run each time: a leftover workdir would resume (and, with other
+    # overrides, refuse to restore) instead of training and profiling anew.
+    shutil.rmtree(workdir, ignore_errors=True)
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / FLAGS.config), "--workdir", str(workdir)]
     for item in [*FLAGS.set, *overrides]:
         cmd += ["--set", item]
