@@ -47,6 +47,9 @@ def main(argv):
     faults.handle_sigterm()
     try:
         tfpipe.train(cfg, workdir)
+    except tfpipe.ConfigError as e:  # found once TensorFlow knows the devices (batch vs replicas, optimizer name)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -65,3 +65,12 @@ def test_splits_are_disjoint_and_fixed(cfg):
     parts = {s: sources.load(cfg.data, s) for s in ("train", "validation", "test")}
     assert sum(p.num_examples for p in parts.values()) == 1797
     assert parts["train"].num_classes == 10
+
+    def rows(split, c=cfg):
+        return {x.tobytes() for x, _ in sources.load(c.data, split).dataset.as_numpy_iterator()}
+
+    train, val, test = rows("train"), rows("validation"), rows("test")
+    assert not (train & val) and not (train & test) and not (val & test)  # no image in two splits
+    assert rows("test") == test  # fixed: the same rows every time
+    reseeded = tfpipe.load_config(MLP, overrides=["data.split.seed=1"])
+    assert rows("test", reseeded) != test  # and the seed picks them

@@ -39,6 +39,20 @@ def test_string_for_a_number_in_yaml_exits_nonzero_naming_the_key(tmp_path):
     assert str(bad) in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("overrides, message", [
+    # Known only once TensorFlow has the devices: two replicas cannot split 33.
+    (["runtime.strategy=mirrored", "runtime.logical_cpus=2", "train.batch_size=33"],
+     "error: train.batch_size: expected a multiple of the 2 replicas in sync, got 33"),
+    (["optimizer.name=adamz"], "error: optimizer.name: expected a Keras optimizer (adam, sgd, rmsprop, adamw, ...), got 'adamz'"),
+    (["train.epochs=[1"], "error: override 'train.epochs=[1': value is not valid YAML: expected ',' or ']', but got '<stream end>'"),
+])
+def test_errors_found_after_loading_are_one_line_too(tmp_path, overrides, message):
+    out = train("--config", MLP, "--workdir", str(tmp_path), *[a for o in overrides for a in ("--set", o)])
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(message), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
 def test_saved_config_reproduces_the_run(tmp_path):
     first = train("--config", MLP, "--workdir", str(tmp_path / "a"), "--set", "train.epochs=2")
     assert first.returncode == 0, first.stderr[-2000:]

@@ -31,6 +31,13 @@ class ConfigError(ValueError):
     """A config file or override that does not describe a valid run."""
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what and where (its own text spans several)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no
     as booleans, which would turn `cache: off` into False with no warning."""
@@ -384,7 +391,7 @@ def load(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] 
         except FileNotFoundError:
             raise ConfigError(f"{where}: no such config file") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{where}: not valid YAML: {e}") from None
+            raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
     cfg = _build(Config, raw, prefix="", where=where)
@@ -428,7 +435,7 @@ def _apply_override(cfg: Config, item: str) -> Config:
     try:
         value = _yaml(text) if text.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {_yaml_problem(e)}") from None
     tree = to_dict(cfg)
     node = tree
     parts = key.split(".")

@@ -38,6 +38,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfpipe import config as config_lib
+
 
 class StrategyError(RuntimeError):
     """A strategy that cannot run here, with what is missing and what to use instead."""
@@ -334,7 +336,7 @@ def learning_rate(base: float, runtime_cfg, strategy) -> float:
 def check_batch(global_batch_size: int, strategy: tf.distribute.Strategy) -> None:
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
-        raise ValueError(
+        raise config_lib.ConfigError(
             f"train.batch_size: expected a multiple of the {replicas} replicas in sync, got {global_batch_size}"
         )
 

@@ -39,6 +39,10 @@ def _say(msg: str) -> None:
     print(f"[tfpipe] {msg}", flush=True)
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
+
+
 class _Metrics:
     """Loss mean and accuracy for one phase (train or eval); built in strategy scope."""
 
@@ -137,8 +141,17 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     with strategy.scope():
         input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
         with distribute.precision_policy(cfg.runtime):
-            model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
-        optimizer = keras.optimizers.get({"class_name": cfg.optimizer.name, "config": {"learning_rate": learning_rate}})
+            try:
+                model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
+            except (TypeError, ValueError) as e:  # a model.params value the builder cannot take
+                raise config_lib.ConfigError(f"model.params for {cfg.model.name!r}: {_one_line(e)}") from None
+        try:
+            optimizer = keras.optimizers.get({"class_name": cfg.optimizer.name, "config": {"learning_rate": learning_rate}})
+        except (TypeError, ValueError) as e:
+            raise config_lib.ConfigError(
+                f"optimizer.name: expected a Keras optimizer (adam, sgd, rmsprop, adamw, ...), "
+                f"got {cfg.optimizer.name!r} ({_one_line(e)})"
+            ) from None
         optimizer = distribute.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
