@@ -38,7 +38,12 @@ lock = threading.Lock()
 MAX_DURATION_MS = 600_000
 
 
-def _run_dirs(logdir: str) -> set[str]:
+class Busy(RuntimeError):
+    """Another trace (the scheduled window or a capture) holds the profiler."""
+
+
+def run_dirs(logdir) -> set[str]:
+    """The profile runs under `logdir/plugins/profile/`, where TensorBoard looks."""
     root = os.path.join(logdir, "plugins", "profile")
     return {os.path.join(root, d) for d in os.listdir(root)} if os.path.isdir(root) else set()
 
@@ -47,13 +52,14 @@ def capture(logdir: str, duration_ms: int) -> str:
     """Traces this process for `duration_ms` into `logdir`; returns the new run directory.
 
     Raises:
-        RuntimeError: another trace is running, or TensorFlow's profiler failed.
+        Busy: another trace is running in this process.
+        RuntimeError: TensorFlow's profiler wrote nothing.
     """
     if not lock.acquire(blocking=False):
-        raise RuntimeError("another trace is running in this process (the scheduled window or a capture)")
+        raise Busy("another trace is running in this process (the scheduled window or a capture)")
     try:
         os.makedirs(logdir, exist_ok=True)
-        before = _run_dirs(logdir)
+        before = run_dirs(logdir)
         tf.profiler.experimental.start(logdir)
         try:
             time.sleep(duration_ms / 1000)
@@ -61,7 +67,7 @@ def capture(logdir: str, duration_ms: int) -> str:
             tf.profiler.experimental.stop()
     finally:
         lock.release()
-    new = _run_dirs(logdir) - before
+    new = run_dirs(logdir) - before
     if not new:
         raise RuntimeError(f"the profiler wrote no run under {logdir}/plugins/profile")
     return max(new, key=os.path.getmtime)
@@ -97,8 +103,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             run_dir = capture(logdir, duration_ms)
+        except Busy as e:
+            self._reply(409, {"error": str(e)})
+            return
         except Exception as e:  # pylint: disable=broad-except
-            self._reply(409 if "another trace" in str(e) else 500, {"error": f"{type(e).__name__}: {e}"})
+            self._reply(500, {"error": f"{type(e).__name__}: {e}"})
             return
         self._reply(200, {"run_dir": run_dir})
 

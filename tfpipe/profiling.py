@@ -351,7 +351,7 @@ class Profiler:
             return self._state
         try:
             self._logdir.mkdir(parents=True, exist_ok=True)
-            before = set(_run_dirs(self._logdir))
+            before = capture_server.run_dirs(self._logdir)
             tf.profiler.experimental.start(str(self._logdir))
         except Exception as e:  # pylint: disable=broad-except
             capture_server.lock.release()
@@ -374,7 +374,7 @@ class Profiler:
             return
         finally:
             capture_server.lock.release()
-        new = [d for d in _run_dirs(self._logdir) if d not in self._before]
+        new = capture_server.run_dirs(self._logdir) - self._before
         self._run_dir = max(new, key=os.path.getmtime) if new else None
         traced = self._traced
         print(
@@ -425,11 +425,3 @@ class Profiler:
             _warn(f"profiler: could not analyse {self._run_dir}: {type(e).__name__}: {e}")
             return None
         return self.report
-
-
-def _run_dirs(logdir: Path) -> list[str]:
-    root = logdir / "plugins" / "profile"
-    if not root.is_dir():
-        return []
-    return [str(p) for p in root.iterdir() if p.is_dir()]
-
