@@ -71,9 +71,9 @@ def test_two_workers_match_one_worker(tmp_path):
     assert abs(chief_metrics["accuracy"] - single_acc) <= 0.01, (chief_metrics["accuracy"], single_acc)
 
 
-@pytest.mark.slow
-def test_dead_worker_stops_the_others_and_the_job_resumes(tmp_path):
-    workdir = str(tmp_path / "run")
+def _start_two_workers(tmp_path, workdir, wait_for):
+    """Two multi_worker_mirrored processes on localhost, each logging to a file;
+    returns once worker 1 has printed `wait_for`."""
     cluster = launch.cluster_spec(2)
     cmd = [*TRAIN, "--workdir", workdir, "--set", "runtime.strategy=multi_worker_mirrored", "--set", "train.epochs=30"]
     procs, logs = [], []
@@ -81,20 +81,43 @@ def test_dead_worker_stops_the_others_and_the_job_resumes(tmp_path):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
         logs.append(tmp_path / f"worker{i}.log")
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 180
+    while wait_for not in logs[1].read_text():
+        if time.monotonic() > deadline or procs[1].poll() is not None:
+            _stop(procs)
+            pytest.fail(logs[1].read_text()[-2000:])
+        time.sleep(0.2)
+    return cmd, procs, logs
+
+
+def _stop(procs):
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def _resume_both_from(cmd, step):
+    """Relaunches the job for 5 epochs: both workers resume from ckpt-`step` and end identical."""
+    again = run([*LAUNCH, "--num_workers", "2", "--", *cmd, "--set", "train.epochs=5"])
+    assert again.returncode == 0, again.stdout[-3000:]
+    for w in ("worker 0", "worker 1"):
+        assert re.search(rf"\[{w}\] \[tfpipe\] resuming from .*/checkpoints/ckpt-{step} at step {step}", again.stdout)
+    workers = done_lines(again.stdout)
+    assert workers["worker 0"][1] == workers["worker 1"][1]
+
+
+@pytest.mark.slow
+def test_dead_worker_stops_the_others_and_the_job_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    cmd, procs, logs = _start_two_workers(tmp_path, workdir, "epoch 4/30")
     try:
-        deadline = time.monotonic() + 180
-        while "epoch 4/30" not in logs[1].read_text():
-            assert time.monotonic() < deadline and procs[1].poll() is None, logs[1].read_text()[-2000:]
-            time.sleep(0.2)
         procs[1].kill()
         killed = time.monotonic()
         # Bounded: the survivor's pending all-reduce fails instead of waiting forever.
         code = procs[0].wait(timeout=90)
         waited = time.monotonic() - killed
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        _stop(procs)
     survivor = logs[0].read_text()
     assert code == 5, survivor[-3000:]
     assert "error: worker:0: lost contact with another task of the cluster" in survivor
@@ -103,12 +126,7 @@ def test_dead_worker_stops_the_others_and_the_job_resumes(tmp_path):
 
     saved = sorted(int(n.split("-")[1].split(".")[0]) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.endswith(".index"))
     assert saved, "the chief saved no checkpoint before the kill"
-    again = run([*LAUNCH, "--num_workers", "2", "--", *cmd, "--set", "train.epochs=5"])
-    assert again.returncode == 0, again.stdout[-3000:]
-    for w in ("worker 0", "worker 1"):
-        assert re.search(rf"\[{w}\] \[tfpipe\] resuming from .*/checkpoints/ckpt-{saved[-1]} at step {saved[-1]}", again.stdout)
-    workers = done_lines(again.stdout)
-    assert workers["worker 0"][1] == workers["worker 1"][1]
+    _resume_both_from(cmd, saved[-1])
 
 
 @pytest.mark.slow
@@ -116,24 +134,12 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
     # A preempted VM signals one worker; saving is collective, so all workers
     # must agree on the step at which they save and stop.
     workdir = str(tmp_path / "run")
-    cluster = launch.cluster_spec(2)
-    cmd = [*TRAIN, "--workdir", workdir, "--set", "runtime.strategy=multi_worker_mirrored", "--set", "train.epochs=30"]
-    procs, logs = [], []
-    for i in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        logs.append(tmp_path / f"worker{i}.log")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT))
+    cmd, procs, logs = _start_two_workers(tmp_path, workdir, "epoch 3/30")
     try:
-        deadline = time.monotonic() + 180
-        while "epoch 3/30" not in logs[1].read_text():
-            assert time.monotonic() < deadline and procs[1].poll() is None, logs[1].read_text()[-2000:]
-            time.sleep(0.2)
         procs[1].send_signal(signal.SIGTERM)
         codes = [p.wait(timeout=120) for p in procs]
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        _stop(procs)
     texts = [log.read_text() for log in logs]
     assert codes == [143, 143], [t[-2000:] for t in texts]
     stops = [re.search(r"preempted \(SIGTERM\): stopped at step (\d+)", t) for t in texts]
@@ -141,13 +147,7 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
     step = int(stops[0].group(1))
     assert int(stops[1].group(1)) == step and 80 <= step < 30 * 40
     assert os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{step}.index"))
-
-    again = run([*LAUNCH, "--num_workers", "2", "--", *cmd, "--set", "train.epochs=5"])
-    assert again.returncode == 0, again.stdout[-3000:]
-    for w in ("worker 0", "worker 1"):
-        assert re.search(rf"\[{w}\] \[tfpipe\] resuming from .*/checkpoints/ckpt-{step} at step {step}", again.stdout)
-    workers = done_lines(again.stdout)
-    assert workers["worker 0"][1] == workers["worker 1"][1]
+    _resume_both_from(cmd, step)
 
 
 @pytest.mark.slow
