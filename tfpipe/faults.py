@@ -130,9 +130,14 @@ class NonFiniteGuard:
     The compiled loop runs, per step (index = the number of steps done before it):
 
     ```python
+    verdict = guard.token()  # once per loop call
+    ...
     grads, outputs, loss, bad = strategy.run(compute, args=...)  # bad = guard.flags(loss, grads)
-    if guard.check(strategy, index, loss, bad):
+    ok, verdict = guard.check(strategy, index, loss, bad, verdict)
+    if ok:
         strategy.run(apply, args=(grads, outputs))
+    ...
+    guard.flush(verdict)  # at the end of the call
     ```
 
     The check sits between computing and applying gradients, in cross-replica
@@ -158,40 +163,72 @@ class NonFiniteGuard:
         self.enabled = policy != "off"  # "off": no per-step checks at all (as in `fit`)
         self.stops = policy == "stop"
         self.max_skipped = max_skipped
-        # Plain variables outside any strategy scope, assigned in cross-replica context.
+        # Plain variables outside any strategy scope, written once per loop
+        # call (`flush`) from the verdict the loop carries.
         self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_skipped")
         self.last_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_last_step")
         self.last_bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="nonfinite_last_loss")
         self._reported = 0
 
     def flags(self, loss, grads):
-        """In a replica: int32 [loss non-finite, any gradient non-finite] (summed over replicas later)."""
-        if not self.enabled:
-            return tf.zeros([2], tf.int32)
-        grads_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
-        return tf.cast(tf.stack([~tf.math.is_finite(loss), ~grads_ok]), tf.int32)
+        """In a replica: a float32 scalar, 0 if the loss and every gradient are finite, else inf or NaN.
 
-    def check(self, strategy, index, loss, flags):
-        """In the compiled loop: True if the step's update may be applied; records a bad step."""
+        x * 0 is 0 for finite x and NaN for inf or NaN, so the sum is exact
+        (no overflow from adding large finite values). Summed over replicas
+        by `check`.
+        """
         if not self.enabled:
-            return True
-        bad = strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
-        batch_ok = tf.reduce_sum(bad) == 0
-        none_before = self.skipped == 0
+            return tf.zeros([], tf.float32)
+        # An embedding's gradient is IndexedSlices: its values are what changes.
+        values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+        terms = [tf.reduce_sum(tf.cast(v, tf.float32) * 0.0) for v in values]
+        return tf.add_n([tf.cast(loss, tf.float32) * 0.0] + terms)
+
+    def token(self):
+        """The verdict a loop call starts with: (bad batches, 1-based step of the recorded one, its loss)."""
+        return (tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(0.0, tf.float32))
+
+    def check(self, strategy, index, loss, flags, verdict):
+        """In the compiled loop: (may the update be applied, the verdict after this step).
+
+        The verdict rides through the loop like the input-wait timer's token,
+        so a step costs a handful of scalar ops and no variable write; the
+        variables are written once per call by `flush`.
+        """
+        if not self.enabled:
+            return True, verdict
+        ok = tf.math.is_finite(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None))
+        count, at, bad_loss = verdict
         # Under "stop" the first bad step is the one to report; under "skip" the latest.
-        record = tf.logical_and(~batch_ok, tf.logical_or(none_before, not self.stops))
+        keep = tf.logical_or(ok, at > 0) if self.stops else ok
         total_loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        self.last_bad_step.assign(tf.where(record, tf.cast(index, tf.int64) + 1, self.last_bad_step))
-        self.last_bad_loss.assign(tf.where(record, tf.cast(total_loss, tf.float32), self.last_bad_loss))
-        self.skipped.assign_add(tf.cast(~batch_ok, tf.int64))
+        verdict = (
+            count + tf.cast(~ok, tf.int64),
+            tf.where(keep, at, tf.cast(index, tf.int64) + 1),
+            tf.where(keep, bad_loss, tf.cast(total_loss, tf.float32)),
+        )
         if self.stops:
             # Python True: the update is applied unconditionally (no graph
             # conditional per step, which cost ~20% of throughput on the
             # digits MLP). The bad step's update reaches the weights in
             # memory only: Python reads the verdict before every checkpoint
             # save, evaluation and export, and stops there.
-            return True
-        return batch_ok
+            return True, verdict
+        return ok, verdict
+
+    def flush(self, verdict) -> None:
+        """At the end of a loop call: adds its verdict to the variables that `after_loop` reads."""
+        if not self.enabled:
+            return
+        count, at, bad_loss = verdict
+        # Under "stop" an earlier call's first bad step stands (several calls
+        # may run between two read-backs).
+        record = at > 0
+        if self.stops:
+            record = tf.logical_and(record, self.skipped == 0)
+        self.last_bad_step.assign(tf.where(record, at, self.last_bad_step))
+        self.last_bad_loss.assign(tf.where(record, bad_loss, self.last_bad_loss))
+        self.skipped.assign_add(count)
 
     def after_loop(self, last_checkpoint: str | None) -> None:
         """In Python, when the loop's results are read back: reports skips; raises under "stop" or too many skips.

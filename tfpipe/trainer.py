@@ -203,24 +203,27 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         train_metrics.update(*outputs)
 
-    def train_step(iterator, index, done):
+    def train_step(iterator, index, done, verdict):
         # The input-wait timer brackets the fetch; `done` is when the previous
         # step's updates finished (tfpipe/profiling.py).
         batch = input_timer.next(iterator, done, fetch=train_data.next_batch)
         # Gradients are checked before they are applied (tfpipe/faults.py).
         grads, outputs, loss, bad = strategy.run(compute_step, args=batch)
-        if nonfinite.check(strategy, index, loss, bad):
+        ok, verdict = nonfinite.check(strategy, index, loss, bad, verdict)
+        if ok:
             strategy.run(apply_step, args=(grads, outputs))
-        return input_timer.step_done(model.trainable_variables)
+        return input_timer.step_done(model.trainable_variables), verdict
 
     @tf.function
     def train_loop(iterator, num_steps):
         # A tensor num_steps makes a graph while-loop; a Python int (the
         # profiler's window) unrolls it: xprof finds no steps in a while-loop.
-        done = input_timer.token()
+        # Both tokens ride through the loop and are written out once per call.
+        done, verdict = input_timer.token(), nonfinite.token()
         for i in range(num_steps):
-            done = train_step(iterator, step + i, done)
+            done, verdict = train_step(iterator, step + i, done, verdict)
         input_timer.flush(done)
+        nonfinite.flush(verdict)
         step.assign_add(num_steps)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
@@ -228,7 +231,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # steps_per_loop=1 the loop's own cost is a measurable share of a step.
     @tf.function
     def train_once(iterator):
-        input_timer.flush(train_step(iterator, step.read_value(), input_timer.token()))
+        done, verdict = train_step(iterator, step.read_value(), input_timer.token(), nonfinite.token())
+        input_timer.flush(done)
+        nonfinite.flush(verdict)
         step.assign_add(1)
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
