@@ -213,7 +213,21 @@ def _one_device(runtime_cfg):
     return tf.distribute.OneDeviceStrategy(_replica_devices(runtime_cfg)[0])
 
 
+_mirrored_made = 0
+
+
 def _mirrored(runtime_cfg):
+    # Each MirroredStrategy numbers its collective all-reduces from the same
+    # keys, and TensorFlow remembers a key's tensor shape for the life of
+    # the process. A second strategy in one process (a notebook training a
+    # second model) then fails with "Shape mismatch in the collective
+    # instance 100" (verified here; tensorflow/tensorflow#62790). TF's own
+    # tests give each strategy its own key range through this class
+    # attribute, read when the strategy is built; so does tfpipe.
+    global _mirrored_made  # pylint: disable=global-statement
+    if hasattr(tf.distribute.MirroredStrategy, "_collective_key_base"):
+        tf.distribute.MirroredStrategy._collective_key_base = 100_000 * _mirrored_made  # pylint: disable=protected-access
+    _mirrored_made += 1
     # Without GPUs MirroredStrategy() would pick only /cpu:0; name the
     # logical CPUs explicitly so each one becomes a replica.
     return tf.distribute.MirroredStrategy(devices=_replica_devices(runtime_cfg))

@@ -261,8 +261,13 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         return train_metrics.loss.result(), train_metrics.accuracy.result()
 
     def eval_step(features, labels):
-        predictions = model(features, training=False)
-        eval_metrics.update(loss_fn(labels, predictions), labels, predictions)
+        # A pass's last, partial batch may leave some replicas with zero
+        # examples, and BatchNormalization fails on an empty batch
+        # ("Incompatible shapes: [64] vs. [0,4,4,32]": digits_cnn, mirrored).
+        # An empty batch adds nothing to the metrics, so it is not run.
+        if tf.shape(tf.nest.flatten(labels)[0])[0] > 0:
+            predictions = model(features, training=False)
+            eval_metrics.update(loss_fn(labels, predictions), labels, predictions)
 
     @tf.function
     def eval_loop(dataset):
