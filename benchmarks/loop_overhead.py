@@ -1,8 +1,11 @@
 """tfpipe's training loop against Keras `model.fit`, side by side.
 
-Same model (the seed MLP), same data, same tf.data pipeline, same batch:
-only the loop differs. tfpipe runs `train.steps_per_loop` steps per
-tf.function call; `fit` runs `steps_per_execution` steps per call. Each
+Same model (the seed MLP), same data, same tf.data pipeline, same batch,
+same Adam arithmetic. tfpipe runs `train.steps_per_loop` steps per
+tf.function call; `fit` runs `steps_per_execution` steps per call. tfpipe's
+defaults differ from `fit`'s in three ways, and variants take each apart:
+its own loop, the config's thread settings, and Adam's update as one fused
+TensorFlow kernel per variable (tfpipe/optimizers.py). Each
 variant runs in its own process (fresh graph, fresh thread pools), the
 variants take turns over several rounds so that a load spike on this shared
 machine hits all of them, and the median of the rounds is reported.
@@ -35,12 +38,18 @@ VARIANTS = {
     # With TensorFlow's default threads instead of the config's: what the
     # config's runtime.*_op_threads gain.
     "tfpipe_spl50_tfthreads": ("tfpipe_tfthreads", 50),
+    # With Keras's own Adam update instead of TensorFlow's fused kernel
+    # (optimizer.fused: false): what the fused update gains.
+    "tfpipe_spl50_kerasadam": ("tfpipe_kerasadam", 50),
     "fit_spe1": ("fit", 1),
     "fit_spe50": ("fit", 50),
     # `fit` with the thread settings of tfpipe's config (runtime.*_op_threads):
     # separates what the loop gains from what the config's threads gain.
     "fit_spe1_threads": ("fit_threads", 1),
     "fit_spe50_threads": ("fit_threads", 50),
+    # `fit` with the config's threads and tfpipe's fused Adam as well: only
+    # the loop differs from tfpipe_spl50.
+    "fit_spe50_threads_fused": ("fit_threads_fused", 50),
 }
 
 
@@ -52,19 +61,21 @@ def run_tfpipe(steps_per_call: int, epochs: int, kind: str = "tfpipe") -> float:
         overrides += ["train.on_nonfinite=off", "profile.measure_input_wait=false"]
     if kind == "tfpipe_tfthreads":
         overrides += ["runtime.inter_op_threads=0", "runtime.intra_op_threads=0"]
+    if kind == "tfpipe_kerasadam":
+        overrides += ["optimizer.fused=false"]
     cfg = tfpipe.load_config(CONFIG, overrides=overrides)
     with tempfile.TemporaryDirectory() as workdir:
         # examples_per_sec counts only the loop calls, without the first (tracing) call.
         return tfpipe.train(cfg, workdir)["examples_per_sec"]
 
 
-def run_fit(steps_per_call: int, epochs: int, threads: bool = False) -> float:
+def run_fit(steps_per_call: int, epochs: int, threads: bool = False, fused: bool = False) -> float:
     import keras  # pylint: disable=import-outside-toplevel
     import math  # pylint: disable=import-outside-toplevel
 
     import models  # pylint: disable=import-outside-toplevel
     import tfpipe  # pylint: disable=import-outside-toplevel
-    from tfpipe import distribute  # pylint: disable=import-outside-toplevel
+    from tfpipe import distribute, optimizers  # pylint: disable=import-outside-toplevel
     from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
 
     cfg = tfpipe.load_config(CONFIG)
@@ -77,7 +88,8 @@ def run_fit(steps_per_call: int, epochs: int, threads: bool = False) -> float:
     dataset = pipeline.build(cfg.data, "train", batch, training=True)
     model = models.build(cfg.model.name, dataset.element_spec[0].shape[1:], train.num_classes, cfg.model.params)
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.optimizer.learning_rate),
+        # Keras's Adam, as a `fit` user writes it; `fused`: tfpipe's fused-kernel Adam.
+        optimizer=(optimizers.FusedAdam if fused else keras.optimizers.Adam)(cfg.optimizer.learning_rate),
         loss=cfg.model.loss,
         metrics=["accuracy"],
         steps_per_execution=steps_per_call,
@@ -110,7 +122,7 @@ def main():
     if args.variant:  # child process: one measurement, printed as JSON
         kind, k = VARIANTS[args.variant]
         if kind.startswith("fit"):
-            eps = run_fit(k, args.epochs, threads=kind == "fit_threads")
+            eps = run_fit(k, args.epochs, threads="threads" in kind, fused="fused" in kind)
         else:
             eps = run_tfpipe(k, args.epochs, kind)
         print("RESULT " + json.dumps({"examples_per_sec": eps}))
@@ -129,13 +141,16 @@ def main():
             if out.returncode or not lines:
                 sys.exit(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
             samples[name].append(json.loads(lines[-1][7:])["examples_per_sec"])
-            print(f"round {r + 1}: {name:18s} {samples[name][-1]:10.0f} examples/sec", flush=True)
+            print(f"round {r + 1}: {name:24s} {samples[name][-1]:10.0f} examples/sec", flush=True)
 
     med = {name: statistics.median(v) for name, v in samples.items()}
     ratios = {
         "tfpipe_spl1 / fit_spe1 (target >= 1.2)": med["tfpipe_spl1"] / med["fit_spe1"],
         "tfpipe_spl50 / fit_spe50 (target >= 1.2)": med["tfpipe_spl50"] / med["fit_spe50"],
         "tfpipe_spl50 / fit_spe1 (default vs default, target >= 4)": med["tfpipe_spl50"] / med["fit_spe1"],
+        "tfpipe_spl50_kerasadam / fit_spe1 (default vs default, Keras's Adam update)": med["tfpipe_spl50_kerasadam"] / med["fit_spe1"],
+        "tfpipe_spl50 / tfpipe_spl50_kerasadam (the fused Adam update)": med["tfpipe_spl50"] / med["tfpipe_spl50_kerasadam"],
+        "tfpipe_spl50 / fit_spe50_threads_fused (same threads, same fused Adam)": med["tfpipe_spl50"] / med["fit_spe50_threads_fused"],
         "tfpipe_spl50_bare / fit_spe50 (no guard, no timer)": med["tfpipe_spl50_bare"] / med["fit_spe50"],
         "tfpipe_spl50 / tfpipe_spl50_tfthreads (the config's threads)": med["tfpipe_spl50"] / med["tfpipe_spl50_tfthreads"],
         "tfpipe_spl1 / fit_spe1_threads (same threads)": med["tfpipe_spl1"] / med["fit_spe1_threads"],
@@ -143,7 +158,7 @@ def main():
     }
     print("\nmedian examples/sec over", args.rounds, "rounds:")
     for name, value in med.items():
-        print(f"  {name:18s} {value:10.0f}")
+        print(f"  {name:24s} {value:10.0f}")
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}x")
     result = {

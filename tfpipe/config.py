@@ -260,6 +260,10 @@ class OptimizerConfig:
     # Any name keras.optimizers.get understands: adam, sgd, rmsprop, adamw, ...
     name: str = "adam"
     learning_rate: float = _field(1e-3, min=0.0)
+    # adam and adamw: update with TensorFlow's fused kernel (same arithmetic,
+    # one op per variable instead of ~29); false = Keras's own update_step.
+    # Other optimizers always use Keras's. See tfpipe/optimizers.py.
+    fused: bool = True
 
 
 # ---------------------------------------------------------------- training

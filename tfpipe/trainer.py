@@ -25,7 +25,7 @@ import tensorflow as tf
 import models
 from tfpipe import checkpointing
 from tfpipe import config as config_lib
-from tfpipe import distribute, faults, profiling, train_input
+from tfpipe import distribute, faults, optimizers, profiling, train_input
 from tfpipe.data import check, pipeline, sources
 
 _ACCURACY = {
@@ -145,13 +145,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
             except (TypeError, ValueError) as e:  # a model.params value the builder cannot take
                 raise config_lib.ConfigError(f"model.params for {cfg.model.name!r}: {_one_line(e)}") from None
-        try:
-            optimizer = keras.optimizers.get({"class_name": cfg.optimizer.name, "config": {"learning_rate": learning_rate}})
-        except (TypeError, ValueError) as e:
-            raise config_lib.ConfigError(
-                f"optimizer.name: expected a Keras optimizer (adam, sgd, rmsprop, adamw, ...), "
-                f"got {cfg.optimizer.name!r} ({_one_line(e)})"
-            ) from None
+        optimizer = optimizers.build(cfg.optimizer, learning_rate)  # fused Adam unless optimizer.fused is false
         optimizer = distribute.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
