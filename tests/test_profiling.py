@@ -418,3 +418,20 @@ def test_measurement_off_leaves_no_fraction(tmp_path):
     metrics = tfpipe.train(_tiny_cfg("profile.enabled=false", "profile.measure_input_wait=false"), tmp_path / "run")
     assert metrics["input_wait_fraction"] is None
     assert np.isfinite(metrics["loss"])
+
+
+@pytest.mark.parametrize("steps_per_loop, suggested", [(40, True), (50, False)])
+def test_steps_per_loop_advice_only_when_calls_ran_that_long(steps_per_loop, suggested):
+    # 40-step calls of 0.4 ms steps: short calls. With steps_per_loop 50 the
+    # calls were cut at the 40-step epoch's end, so raising it changes nothing.
+    profile = {
+        "shares": {"input": 0.02, "compute": 0.92, "other": 0.06},
+        "verdict": "compute-bound",
+        "slowest_input_stages": [],
+        "steps_per_marker": 40,
+        "markers": 3,
+        "step_time_ms": {"mean": 0.4},
+    }
+    cfg = {"train": {"steps_per_loop": steps_per_loop}, "data": {"prefetch": -1}}
+    keys = [r["key"] for r in report.recommend(profile, cfg)]
+    assert ("train.steps_per_loop" in keys) == suggested, keys

@@ -293,7 +293,9 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
     call_ms = report["step_time_ms"]["mean"] * spm
     # Each call from Python costs a fraction of a millisecond to dispatch and
     # sync: negligible for calls of tens of milliseconds, not below that.
-    if call_ms < SHORT_CALL_MS:
+    # Calls shorter than train.steps_per_loop were cut by an epoch's end or a
+    # checkpoint (digits: 40-step epochs); a larger value would not lengthen them.
+    if call_ms < SHORT_CALL_MS and spm >= loop_steps:
         value = max(50, 2 * loop_steps)
         add(
             "train.steps_per_loop",
