@@ -58,8 +58,7 @@ def test_fused_update_matches_keras(fused, reference):
 
 
 def test_fused_update_under_mirrored_keeps_replicas_equal():
-    # Through tfpipe: a bare MirroredStrategy would reuse the all-reduce keys
-    # of strategies earlier tests made (tfpipe/distribute.py).
+    # The strategy as tfpipe builds it for training.
     strategy = distribute.make_strategy(
         tfpipe.load_config(None, overrides=["runtime.strategy=mirrored", "runtime.logical_cpus=2"]).runtime
     )

@@ -156,6 +156,30 @@ def test_jit_compile_reaches_xla(tmp_path, jit):
     assert ("Compiled cluster using XLA" in out.stderr + out.stdout) is jit
 
 
+def _all_reduce_sum(strategy, size):
+    @tf.function
+    def step():
+        def replica_fn():
+            value = tf.ones([size])
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+        return strategy.run(replica_fn)
+
+    return strategy.experimental_local_results(step())[0].numpy()
+
+
+def test_a_users_own_mirrored_strategy_does_not_clash_with_tfpipes(tmp_path):
+    # tfpipe moves its strategies' all-reduce keys away from TF's default
+    # range and leaves the class as it found it, so a MirroredStrategy the
+    # user builds in the same notebook keeps TF's numbering and cannot meet
+    # tfpipe's shapes.
+    ours = distribute.make_strategy(runtime(strategy="mirrored", logical_cpus=2))
+    np.testing.assert_array_equal(_all_reduce_sum(ours, 3), [2.0] * 3)
+    assert tf.distribute.MirroredStrategy._collective_key_base == 0  # pylint: disable=protected-access
+    theirs = tf.distribute.MirroredStrategy(devices=[d.name for d in tf.config.list_logical_devices("CPU")])
+    np.testing.assert_array_equal(_all_reduce_sum(theirs, 5), [2.0] * 5)
+
+
 def test_two_mirrored_runs_with_different_models_in_one_process(tmp_path):
     # A notebook trains one model, then another, in the same kernel. Each
     # MirroredStrategy used to number its all-reduces from the same keys, and

@@ -223,14 +223,24 @@ def _mirrored(runtime_cfg):
     # second model) then fails with "Shape mismatch in the collective
     # instance 100" (verified here; tensorflow/tensorflow#62790). TF's own
     # tests give each strategy its own key range through this class
-    # attribute, read when the strategy is built; so does tfpipe.
+    # attribute, which the strategy copies when it is built. tfpipe's ranges
+    # start above TF's default (0), so they cannot meet a strategy the user
+    # builds, and the attribute is put back so the user's strategies keep
+    # TF's numbering. The attribute is private: without it a second
+    # mirrored model in one process fails as before, loudly.
     global _mirrored_made  # pylint: disable=global-statement
-    if hasattr(tf.distribute.MirroredStrategy, "_collective_key_base"):
-        tf.distribute.MirroredStrategy._collective_key_base = 100_000 * _mirrored_made  # pylint: disable=protected-access
     _mirrored_made += 1
+    devices = _replica_devices(runtime_cfg)
     # Without GPUs MirroredStrategy() would pick only /cpu:0; name the
     # logical CPUs explicitly so each one becomes a replica.
-    return tf.distribute.MirroredStrategy(devices=_replica_devices(runtime_cfg))
+    if not hasattr(tf.distribute.MirroredStrategy, "_collective_key_base"):
+        return tf.distribute.MirroredStrategy(devices=devices)
+    saved = tf.distribute.MirroredStrategy._collective_key_base  # pylint: disable=protected-access
+    tf.distribute.MirroredStrategy._collective_key_base = 100_000 * _mirrored_made  # pylint: disable=protected-access
+    try:
+        return tf.distribute.MirroredStrategy(devices=devices)
+    finally:
+        tf.distribute.MirroredStrategy._collective_key_base = saved  # pylint: disable=protected-access
 
 
 def _multi_worker_mirrored(runtime_cfg):
