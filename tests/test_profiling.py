@@ -432,6 +432,12 @@ def test_steps_per_loop_advice_only_when_calls_ran_that_long(steps_per_loop, sug
         "markers": 3,
         "step_time_ms": {"mean": 0.4},
     }
-    cfg = {"train": {"steps_per_loop": steps_per_loop}, "data": {"prefetch": -1}}
-    keys = [r["key"] for r in report.recommend(profile, cfg)]
+    cfg = {"train": {"steps_per_loop": steps_per_loop}, "data": {"prefetch": -1}, "checkpoint": {"every_steps": 40}}
+    recs = report.recommend(profile, cfg)
+    keys = [r["key"] for r in recs]
     assert ("train.steps_per_loop" in keys) == suggested, keys
+    # When the calls were cut short, the report names what cut them instead.
+    cut = [r["why"] for r in recs if r["key"] is None and "is not the limit" in r["why"]]
+    assert bool(cut) != suggested, recs
+    if cut:
+        assert "checkpoint.every_steps: 40" in cut[0] and "epoch" in cut[0], cut

@@ -314,6 +314,23 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
                 "(model.params, train.batch_size) rather than data:",
             }
         )
+    if call_ms < SHORT_CALL_MS and spm < loop_steps:
+        ckpt = (cfg or {}).get("checkpoint", {}).get("every_steps")
+        epoch = train.get("steps_per_epoch")
+        limits = ["an epoch's end" + (f" (train.steps_per_epoch: {epoch})" if epoch else "")]
+        if ckpt:
+            limits.append(f"a step checkpoint (checkpoint.every_steps: {ckpt})")
+        recs.append(
+            {
+                "key": None,
+                "value": None,
+                "current": None,
+                "why": f"one loop call ({spm} step(s)) takes {call_ms:.2f} ms, short enough that per-call costs show, "
+                f"but train.steps_per_loop ({loop_steps}) is not the limit: calls stop at "
+                + " and at ".join(limits)
+                + ("; longer calls need longer epochs or rarer step checkpoints" if ckpt else "; longer calls need longer epochs"),
+            }
+        )
     return recs
 
 
