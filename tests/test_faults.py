@@ -1,5 +1,6 @@
 """Non-finite loss: the run stops naming the step, or skips the batch, and never saves a bad state."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -128,3 +129,40 @@ def test_huge_learning_rate_exits_with_code_3_keeping_last_good_checkpoint(tmp_p
     assert len(weights) > 6
     for name in weights:
         assert np.all(np.isfinite(reader.get_tensor(name))), name
+
+
+@pytest.mark.parametrize("policy, reported", [("stop", 3), ("skip", 7)])
+def test_verdict_across_calls_keeps_first_bad_step_under_stop_and_latest_under_skip(policy, reported):
+    # Several loop calls can run before Python reads the verdict back. Two
+    # calls here, each with one bad step (the 3rd and the 7th): "stop" must
+    # report the first, "skip" the latest, and both count two.
+    guard = faults.NonFiniteGuard(policy, max_skipped=10)
+    strategy = tf.distribute.get_strategy()
+
+    @tf.function
+    def loop_call(start, losses):
+        verdict = guard.token()
+        for i in range(4):
+            loss = losses[i]
+            flags = guard.flags(loss, [tf.ones([2]) * loss])
+            _, verdict = guard.check(strategy, start + i, loss, flags, verdict)
+        guard.flush(verdict)
+
+    bad = float("nan")
+    loop_call(tf.constant(0), tf.constant([1.0, 1.0, bad, 1.0]))
+    loop_call(tf.constant(4), tf.constant([1.0, 1.0, float("inf"), 1.0]))
+    assert int(guard.skipped) == 2
+    assert int(guard.last_bad_step) == reported
+    with pytest.raises(faults.NonFiniteError, match=rf"at step {reported}; stopping") if policy == "stop" else contextlib.nullcontext():
+        guard.after_loop("ckpt-0")
+
+
+def test_flags_read_an_embeddings_sparse_gradient():
+    guard = faults.NonFiniteGuard("stop", max_skipped=0)
+
+    def sparse(value):
+        return tf.IndexedSlices(tf.constant([[value, 1.0]]), tf.constant([2]), tf.constant([5, 2]))
+
+    assert float(guard.flags(tf.constant(0.5), [sparse(3.0), None, tf.ones([3])])) == 0.0
+    assert not np.isfinite(float(guard.flags(tf.constant(0.5), [sparse(float("nan")), tf.ones([3])])))
+    assert not np.isfinite(float(guard.flags(tf.constant(float("inf")), [tf.ones([3])])))

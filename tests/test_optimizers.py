@@ -104,3 +104,36 @@ def test_checkpoint_of_keras_adam_restores_into_fused(tmp_path):
     assert len(target.variables) == len(slots)
     for got, want in zip(target.variables, slots):
         np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_sparse_embedding_gradient_takes_keras_update_exactly():
+    # An embedding's gradient is IndexedSlices, which ResourceApplyAdam does
+    # not take: FusedAdam hands it to Keras's update, so with only the
+    # embedding trainable the weights match Keras's Adam bit for bit.
+    def train(optimizer):
+        keras.utils.set_random_seed(0)
+        head = keras.layers.Dense(1, trainable=False)
+        model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(50, 8), keras.layers.Flatten(), head])
+        optimizer.build(model.trainable_variables)
+        x = tf.random.stateless_uniform((16, 4), seed=(1, 2), maxval=50, dtype=tf.int32)
+        y = tf.random.stateless_normal((16, 1), seed=(3, 4))
+        kinds = []
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((model(x) - y) ** 2)
+            grads = tape.gradient(loss, model.trainable_variables)
+            kinds[:] = [type(g) for g in grads]
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+        for _ in range(5):
+            step()
+        return model.get_weights(), kinds
+
+    got, kinds = train(optimizers.FusedAdam(learning_rate=1e-2))
+    want, _ = train(keras.optimizers.Adam(learning_rate=1e-2))
+    assert kinds == [tf.IndexedSlices]
+    assert not np.array_equal(got[0], train(optimizers.FusedAdam(learning_rate=1e-3))[0][0])  # it trained
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
