@@ -31,9 +31,10 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+import results_file  # benchmarks/results_file.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"images": "configs/images_cnn.yaml", "clicks": "configs/clicks_widedeep.yaml"}
@@ -115,7 +116,7 @@ def child(args) -> None:
     ds = _pipeline(args.kind, cfg)
     result = benchmark.measure(ds, args.batches, args.warmup)
     result.update(peak_rss_mb=benchmark.peak_rss_mb(), rss_after_import_mb=rss_before)
-    print("RESULT " + json.dumps(result), flush=True)
+    results_file.hand_back(result)
 
 
 # ---------------------------------------------------------------- driver
@@ -126,11 +127,7 @@ def _run_child(workload, kind, data_dir, batches, warmup) -> dict:
            "--data", data_dir, "--batches", str(batches), "--warmup", str(warmup)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
                TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=1200)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{workload}/{kind} failed:\n{out.stderr[-3000:]}")
+    return results_file.from_child(cmd, f"{workload}/{kind}", env=env, timeout=1200)
 
 
 def _generate(workload: str, size: int, data_root: str) -> str:

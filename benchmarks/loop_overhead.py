@@ -21,11 +21,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import results_file  # benchmarks/results_file.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits_mlp.yaml"
@@ -125,7 +126,7 @@ def main():
             eps = run_fit(k, args.epochs, threads="threads" in kind, fused="fused" in kind)
         else:
             eps = run_tfpipe(k, args.epochs, kind)
-        print("RESULT " + json.dumps({"examples_per_sec": eps}))
+        results_file.hand_back({"examples_per_sec": eps})
         return
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -133,14 +134,10 @@ def main():
     for r in range(args.rounds):
         order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
         for name in order:
-            out = subprocess.run(
-                [sys.executable, __file__, "--variant", name, "--epochs", str(args.epochs)],
-                env=env, capture_output=True, text=True, check=False,
+            result = results_file.from_child(
+                [sys.executable, __file__, "--variant", name, "--epochs", str(args.epochs)], name, env=env
             )
-            lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-            if out.returncode or not lines:
-                sys.exit(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-            samples[name].append(json.loads(lines[-1][7:])["examples_per_sec"])
+            samples[name].append(result["examples_per_sec"])
             print(f"round {r + 1}: {name:24s} {samples[name][-1]:10.0f} examples/sec", flush=True)
 
     med = {name: statistics.median(v) for name, v in samples.items()}

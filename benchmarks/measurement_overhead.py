@@ -14,10 +14,8 @@ examples/sec per variant and the ratio on/off; the target is >= 0.97.
 Writes JSON to benchmarks/results/.
 """
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -91,21 +89,17 @@ def measure(config_path: str, overrides) -> dict:
 def main(argv):
     del argv
     if FLAGS.child:  # one config in this process: its thread settings apply
-        print("RESULT " + json.dumps(measure(FLAGS.config[0], FLAGS.set)), flush=True)
+        results_file.hand_back(measure(FLAGS.config[0], FLAGS.set))
         return
     results = []
     for config in FLAGS.config:
         for extra in ([], ["train.steps_per_loop=1"]):
             sets = [f"--set={s}" for s in [*FLAGS.set, *extra]]
-            out = subprocess.run(
+            r = results_file.from_child(
                 [sys.executable, __file__, "--child", f"--config={config}", *sets,
                  f"--rounds={FLAGS.rounds}", f"--examples={FLAGS.examples}"],
-                cwd=ROOT, capture_output=True, text=True, check=False,
+                f"{config} {extra}", cwd=ROOT,
             )
-            lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-            if out.returncode or not lines:
-                sys.exit(f"{config} {extra} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-            r = json.loads(lines[-1][len("RESULT "):])
             results.append(r)
             print(
                 f"{r['config']:<28} steps_per_loop={r['steps_per_loop']:<3} on {r['examples_per_sec_on']:>9.0f} ex/s   "
