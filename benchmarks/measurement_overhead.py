@@ -14,6 +14,7 @@ examples/sec per variant and the ratio on/off; the target is >= 0.97.
 Writes JSON to benchmarks/results/.
 """
 
+import contextlib
 import os
 import statistics
 import sys
@@ -41,13 +42,9 @@ def _train_quietly(cfg) -> tuple[float, int]:
     """One whole run: (examples/sec, steps)."""
     import tfpipe  # pylint: disable=import-outside-toplevel
 
-    with tempfile.TemporaryDirectory() as workdir, open(os.devnull, "w") as sink:
-        # The progress bar would flood the table; the figure comes back in metrics.
-        stdout, sys.stdout = sys.stdout, sink
-        try:
-            metrics = tfpipe.train(cfg, workdir)
-        finally:
-            sys.stdout = stdout
+    # The progress bar would flood the table; the figure comes back in metrics.
+    with tempfile.TemporaryDirectory() as workdir, open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        metrics = tfpipe.train(cfg, workdir)
     return metrics["examples_per_sec"], metrics["steps"]
 
 
