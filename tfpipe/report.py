@@ -230,6 +230,10 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             key, value = None, None
         recs.append({"key": key, "value": value, "current": current, "why": why})
 
+    def note(why):
+        # Advice that names no single key to change.
+        recs.append({"key": None, "value": None, "current": None, "why": why})
+
     if shares["input"] >= COMPUTE_BOUND_BELOW:
         input_pct = f"{shares['input']:.0%} of step time waits for input"
         map_is_slow = top in _SEQUENTIAL_MAP or any(s["stage"] in _SEQUENTIAL_MAP for s in stages[:2])
@@ -305,14 +309,9 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             "more steps per compiled call pay them once per call",
         )
     if not recs and report["verdict"] == "compute-bound":
-        recs.append(
-            {
-                "key": None,
-                "value": None,
-                "current": None,
-                "why": "the input pipeline keeps up; speed now comes from the model side "
-                "(model.params, train.batch_size) rather than data:",
-            }
+        note(
+            "the input pipeline keeps up; speed now comes from the model side "
+            "(model.params, train.batch_size) rather than data:"
         )
     if call_ms < SHORT_CALL_MS and spm < loop_steps:
         ckpt = (cfg or {}).get("checkpoint", {}).get("every_steps")
@@ -320,16 +319,11 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
         limits = ["an epoch's end" + (f" (train.steps_per_epoch: {epoch})" if epoch else "")]
         if ckpt:
             limits.append(f"a step checkpoint (checkpoint.every_steps: {ckpt})")
-        recs.append(
-            {
-                "key": None,
-                "value": None,
-                "current": None,
-                "why": f"one loop call ({spm} step(s)) takes {call_ms:.2f} ms, short enough that per-call costs show, "
-                f"but train.steps_per_loop ({loop_steps}) is not the limit: calls stop at "
-                + " and at ".join(limits)
-                + ("; longer calls need longer epochs or rarer step checkpoints" if ckpt else "; longer calls need longer epochs"),
-            }
+        note(
+            f"one loop call ({spm} step(s)) takes {call_ms:.2f} ms, short enough that per-call costs show, "
+            f"but train.steps_per_loop ({loop_steps}) is not the limit: calls stop at "
+            + " and at ".join(limits)
+            + ("; longer calls need longer epochs or rarer step checkpoints" if ckpt else "; longer calls need longer epochs")
         )
     return recs
 
