@@ -109,7 +109,7 @@ def _pipeline(kind: str, cfg):
 
 def child(args) -> None:
     import tfpipe  # pylint: disable=import-outside-toplevel
-    from tfpipe import benchmark  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import benchmark  # pylint: disable=import-outside-toplevel
 
     cfg = tfpipe.load_config(os.path.join(ROOT, CONFIGS[args.workload]), overrides=_overrides(args.workload, args.data))
     rss_before = benchmark.peak_rss_mb()
@@ -131,7 +131,7 @@ def _run_child(workload, kind, data_dir, batches, warmup) -> dict:
 
 
 def _generate(workload: str, size: int, data_root: str) -> str:
-    from tfpipe import workloads  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import workloads  # pylint: disable=import-outside-toplevel
 
     path = os.path.join(data_root, f"{workload}-{size}")
     if os.path.exists(os.path.join(path, "done")):

@@ -5,7 +5,7 @@ same Adam arithmetic. tfpipe runs `train.steps_per_loop` steps per
 tf.function call; `fit` runs `steps_per_execution` steps per call. tfpipe's
 defaults differ from `fit`'s in three ways, and variants take each apart:
 its own loop, the config's thread settings, and Adam's update as one fused
-TensorFlow kernel per variable (tfpipe/optimizers.py). Each
+TensorFlow kernel per variable (tfpipe/train/optimizers.py). Each
 variant runs in its own process (fresh graph, fresh thread pools), the
 variants take turns over several rounds so that a load spike on this shared
 machine hits all of them, and the median of the rounds is reported.
@@ -74,14 +74,15 @@ def run_fit(steps_per_call: int, epochs: int, threads: bool = False, fused: bool
     import keras  # pylint: disable=import-outside-toplevel
     import math  # pylint: disable=import-outside-toplevel
 
-    import models  # pylint: disable=import-outside-toplevel
+    from tfpipe import models  # pylint: disable=import-outside-toplevel
     import tfpipe  # pylint: disable=import-outside-toplevel
-    from tfpipe import distribute, optimizers  # pylint: disable=import-outside-toplevel
+    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import optimizers  # pylint: disable=import-outside-toplevel
     from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
 
     cfg = tfpipe.load_config(CONFIG)
     if threads:  # the config's inter/intra-op threads, set before TensorFlow starts
-        distribute.configure_devices(cfg.runtime)
+        strategies.configure_devices(cfg.runtime)
     keras.utils.set_random_seed(cfg.runtime.seed)
     batch = cfg.train.batch_size
     train = sources.load(cfg.data, "train")

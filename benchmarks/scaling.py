@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits_mlp.yaml"
 sys.path.insert(0, str(ROOT))
 
-from tfpipe import launch  # noqa: E402  pylint: disable=wrong-import-position
+from tfpipe.distribute import launch  # noqa: E402  pylint: disable=wrong-import-position
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 
-from models import cnn, mlp, resnet, wide_deep
+from tfpipe.models import cnn, mlp, resnet, wide_deep
 
 # Dispatch by plain dict: add a model by adding a line here.
 MODELS = {

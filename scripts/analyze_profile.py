@@ -26,7 +26,7 @@ flags.DEFINE_integer(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from tfpipe import report  # pylint: disable=import-outside-toplevel
+    from tfpipe.profile import report  # pylint: disable=import-outside-toplevel
 
     try:
         result = report.analyze(FLAGS.logdir, out_dir=FLAGS.out, steps_per_marker=FLAGS.steps_per_marker)

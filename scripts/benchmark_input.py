@@ -32,7 +32,7 @@ def main(argv):
     except tfpipe.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from tfpipe import benchmark  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import benchmark  # pylint: disable=import-outside-toplevel
 
     result = {"config": FLAGS.config, "overrides": FLAGS.set,
               **benchmark.run(cfg, FLAGS.batches, FLAGS.warmup, FLAGS.stages)}

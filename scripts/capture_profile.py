@@ -56,7 +56,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from tfpipe import report  # pylint: disable=import-outside-toplevel
+    from tfpipe.profile import report  # pylint: disable=import-outside-toplevel
 
     os.makedirs(FLAGS.logdir, exist_ok=True)
     bare = FLAGS.address.split("://", 1)[-1]

@@ -21,7 +21,7 @@ flags.DEFINE_integer("num_ps", 0, "Parameter-server processes (parameter_server 
 
 
 def main(argv):
-    from tfpipe import launch  # pylint: disable=import-outside-toplevel
+    from tfpipe.distribute import launch  # pylint: disable=import-outside-toplevel
 
     command = argv[1:]
     if not command:

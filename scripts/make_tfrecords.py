@@ -28,7 +28,7 @@ flags.DEFINE_integer("seed", 0, "image_folder: order in which images are dealt t
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from tfpipe import tfrecords  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import tfrecords  # pylint: disable=import-outside-toplevel
 
     if FLAGS.kind == "image_folder":
         spec = tfrecords.from_image_folder(FLAGS.input, FLAGS.out, FLAGS.num_shards, FLAGS.split, FLAGS.seed)

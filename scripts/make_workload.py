@@ -25,7 +25,7 @@ flags.DEFINE_float("test_fraction", 0.1, "Share of the examples in the test spli
 def main(argv):
     if len(argv) != 2 or argv[1] not in ("images", "clicks"):
         raise app.UsageError("expected one workload name: images or clicks")
-    from tfpipe import workloads  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import workloads  # pylint: disable=import-outside-toplevel
 
     if argv[1] == "images":
         info = workloads.images(FLAGS.out, FLAGS.num_images, FLAGS.size, FLAGS.seed, FLAGS.num_shards, FLAGS.test_fraction)

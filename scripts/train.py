@@ -41,7 +41,9 @@ def main(argv):
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(FLAGS.config))[0]}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    from tfpipe import checkpointing, distribute, faults  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import checkpoints  # pylint: disable=import-outside-toplevel
+    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import faults  # pylint: disable=import-outside-toplevel
     from tfpipe.data.check import DataError  # pylint: disable=import-outside-toplevel
 
     faults.handle_sigterm()
@@ -59,16 +61,16 @@ def main(argv):
     except faults.NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return faults.EXIT_NONFINITE
-    except checkpointing.CheckpointError as e:
+    except checkpoints.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 4
-    except distribute.StrategyError as e:
+    except strategies.StrategyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except distribute.PEER_ERRORS as e:
-        if not distribute.current_task().task_type:
+    except strategies.PEER_ERRORS as e:
+        if not strategies.current_task().task_type:
             raise
-        print(f"error: {distribute.peer_lost_message(e)}", file=sys.stderr)
+        print(f"error: {strategies.peer_lost_message(e)}", file=sys.stderr)
         return faults.EXIT_PEER_LOST
     return 0
 

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 import tfpipe
-from tfpipe import tfrecords, workloads
+from tfpipe.data import tfrecords
+from tfpipe.data import workloads
 from tfpipe.data import check, pipeline
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import tfpipe
 from tfpipe import config as config_lib
-from tfpipe import launch
+from tfpipe.distribute import launch
 from tfpipe.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tfpipe
-from tfpipe import faults
+from tfpipe.train import faults
 from tfpipe.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tfpipe import launch
+from tfpipe.distribute import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, "scripts/train.py", "--config", "configs/digits_mlp.yaml"]

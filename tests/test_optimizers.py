@@ -1,4 +1,4 @@
-"""The fused Adam update (tfpipe/optimizers.py) against Keras's own."""
+"""The fused Adam update (tfpipe/train/optimizers.py) against Keras's own."""
 
 import keras
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 import tfpipe
-from tfpipe import distribute, optimizers
+from tfpipe.distribute import strategies
+from tfpipe.train import optimizers
 
 
 def _train(optimizer, steps, strategy=None):
@@ -59,7 +60,7 @@ def test_fused_update_matches_keras(fused, reference):
 
 def test_fused_update_under_mirrored_keeps_replicas_equal():
     # The strategy as tfpipe builds it for training.
-    strategy = distribute.make_strategy(
+    strategy = strategies.make_strategy(
         tfpipe.load_config(None, overrides=["runtime.strategy=mirrored", "runtime.logical_cpus=2"]).runtime
     )
     with strategy.scope():

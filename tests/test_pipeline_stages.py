@@ -6,7 +6,7 @@ import tensorflow as tf
 import yaml
 
 import tfpipe
-from tfpipe import tfrecords
+from tfpipe.data import tfrecords
 from tfpipe.data import pipeline
 
 

@@ -22,7 +22,8 @@ import pytest
 import tensorflow as tf
 
 import tfpipe
-from tfpipe import profiling, report
+from tfpipe.profile import trace
+from tfpipe.profile import report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -331,7 +332,7 @@ def test_steps_per_marker_is_inferred_from_step_numbers():
 
 def _wait_fraction(dataset) -> float:
     """Runs a small model on `dataset` with the timer; the waited share of wall time."""
-    timer = profiling.InputWaitTimer(True)
+    timer = trace.InputWaitTimer(True)
     w = tf.Variable(tf.eye(384))
     it = iter(dataset)
 
@@ -372,7 +373,7 @@ def test_input_wait_timer_tells_slow_from_cached_pipelines():
 
 
 def test_input_wait_timer_off_is_plain_next():
-    timer = profiling.InputWaitTimer(False)
+    timer = trace.InputWaitTimer(False)
     it = iter(tf.data.Dataset.range(3))
     assert int(timer.next(it, timer.token())) == 0
     assert timer.seconds() == 0.0

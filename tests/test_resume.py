@@ -192,29 +192,29 @@ def test_unreadable_newest_checkpoint_falls_back_to_previous(reference, tmp_path
 
 def test_pipeline_with_stateful_random_ops_is_replayed_not_saved():
     """tf.data cannot save an iterator over stateful random ops: auto replays, iterator refuses."""
-    from tfpipe import train_input
+    from tfpipe.train import inputs
 
     def dataset_fn(ctx):
         ds = tf.data.Dataset.range(64).map(lambda i: tf.cast(i, tf.float32) + tf.random.uniform([]))
         return ds.repeat().batch(8)
 
     strategy = tf.distribute.get_strategy()
-    assert train_input.TrainInput(strategy, "auto", dataset_fn).mode == "replay"
+    assert inputs.TrainInput(strategy, "auto", dataset_fn).mode == "replay"
     with pytest.raises(ValueError, match=r"cannot save this pipeline's iterator \(RandomUniform is stateful\)"):
-        train_input.TrainInput(strategy, "iterator", dataset_fn)
+        inputs.TrainInput(strategy, "iterator", dataset_fn)
     plain = lambda ctx: tf.data.Dataset.range(64).repeat().batch(8)  # noqa: E731
-    assert train_input.TrainInput(strategy, "auto", plain).mode == "iterator"
+    assert inputs.TrainInput(strategy, "auto", plain).mode == "iterator"
 
 
 def test_iterator_mode_warns_when_the_checkpoint_holds_no_iterator(tmp_path, capsys):
     """A workdir written under replay, resumed under iterator: said, not hidden."""
-    from tfpipe import train_input
+    from tfpipe.train import inputs
 
     it = iter(tf.data.Dataset.range(64).repeat().batch(8))
     step = tf.Variable(5, dtype=tf.int64)
     without = tf.train.Checkpoint(step=step).write(str(tmp_path / "replay"))
     with_it = tf.train.Checkpoint(step=step, input=it).write(str(tmp_path / "iterator"))
-    inp = train_input.TrainInput(tf.distribute.get_strategy(), "iterator", lambda ctx: tf.data.Dataset.range(8).batch(2))
+    inp = inputs.TrainInput(tf.distribute.get_strategy(), "iterator", lambda ctx: tf.data.Dataset.range(8).batch(2))
     inp.start(5, with_it)
     assert "not exact" not in capsys.readouterr().out
     inp.start(5, without)

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import tfpipe
 from tfpipe import config as config_lib
-from tfpipe import distribute
+from tfpipe.distribute import strategies
 
 
 def runtime(**kw):
@@ -31,7 +31,7 @@ def no_tf_config(monkeypatch):
     ],
 )
 def test_local_strategies(name, replicas, cls):
-    strategy = distribute.make_strategy(runtime(strategy=name, logical_cpus=2))
+    strategy = strategies.make_strategy(runtime(strategy=name, logical_cpus=2))
     assert strategy.num_replicas_in_sync == replicas
     if cls is not None:
         assert isinstance(strategy, cls)
@@ -45,27 +45,27 @@ def test_unknown_strategy_is_a_config_error():
 @pytest.mark.parametrize("name", ["default", "one_device", "mirrored", "multi_worker_mirrored"])
 def test_gpu_request_without_gpu_names_what_is_missing(name):
     assert not tf.config.list_physical_devices("GPU")  # this machine has none
-    with pytest.raises(distribute.StrategyError, match=r"runtime.device=gpu .*no GPU"):
-        distribute.make_strategy(runtime(strategy=name, device="gpu"))
+    with pytest.raises(strategies.StrategyError, match=r"runtime.device=gpu .*no GPU"):
+        strategies.make_strategy(runtime(strategy=name, device="gpu"))
 
 
 def test_tpu_without_tpu_names_what_is_missing():
-    with pytest.raises(distribute.StrategyError, match=r"strategy=tpu: no TPU reachable .*has CPU only"):
-        distribute.make_strategy(runtime(strategy="tpu"))
+    with pytest.raises(strategies.StrategyError, match=r"strategy=tpu: no TPU reachable .*has CPU only"):
+        strategies.make_strategy(runtime(strategy="tpu"))
 
 
 def test_parameter_server_without_cluster_says_what_to_run():
-    with pytest.raises(distribute.StrategyError, match=r"needs TF_CONFIG with 'chief', 'worker' and 'ps'.*launch_local.py"):
-        distribute.make_strategy(runtime(strategy="parameter_server"))
+    with pytest.raises(strategies.StrategyError, match=r"needs TF_CONFIG with 'chief', 'worker' and 'ps'.*launch_local.py"):
+        strategies.make_strategy(runtime(strategy="parameter_server"))
 
 
 def test_bad_tf_config_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(distribute.StrategyError, match="TF_CONFIG: expected JSON"):
-        distribute.current_task()
+    with pytest.raises(strategies.StrategyError, match="TF_CONFIG: expected JSON"):
+        strategies.current_task()
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}))
-    with pytest.raises(distribute.StrategyError, match=r"task worker:3 is not in the cluster"):
-        distribute.current_task()
+    with pytest.raises(strategies.StrategyError, match=r"task worker:3 is not in the cluster"):
+        strategies.current_task()
 
 
 @pytest.mark.parametrize(
@@ -79,25 +79,25 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch):
 )
 def test_only_the_chief_writes_into_the_workdir(monkeypatch, tmp_path, cluster, task, chief):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
-    assert distribute.current_task().is_chief is chief
-    out = distribute.output_dir(tmp_path)
+    assert strategies.current_task().is_chief is chief
+    out = strategies.output_dir(tmp_path)
     assert (out == tmp_path) is chief
-    distribute.cleanup_output_dir(out, tmp_path)
+    strategies.cleanup_output_dir(out, tmp_path)
     assert tmp_path.exists()
     if not chief:
         assert not tf.io.gfile.exists(str(out))
 
 
 def test_linear_lr_scaling_and_the_logged_effective_values():
-    strategy = distribute.make_strategy(runtime(strategy="mirrored", logical_cpus=2))
+    strategy = strategies.make_strategy(runtime(strategy="mirrored", logical_cpus=2))
     linear = runtime(strategy="mirrored", lr_scaling="linear")
-    assert distribute.learning_rate(0.01, linear, strategy) == pytest.approx(0.02)
-    assert distribute.learning_rate(0.01, runtime(strategy="mirrored"), strategy) == pytest.approx(0.01)
-    line = distribute.describe(strategy, 64, linear, 0.02)
+    assert strategies.learning_rate(0.01, linear, strategy) == pytest.approx(0.02)
+    assert strategies.learning_rate(0.01, runtime(strategy="mirrored"), strategy) == pytest.approx(0.01)
+    line = strategies.describe(strategy, 64, linear, 0.02)
     for part in ("2 replica(s)", "global batch 64", "per-replica batch 32", "learning rate 0.02 (lr_scaling linear)"):
         assert part in line
     with pytest.raises(ValueError, match="train.batch_size: expected a multiple of the 2 replicas"):
-        distribute.check_batch(33, strategy)
+        strategies.check_batch(33, strategy)
 
 
 def _train(tmp_path, *overrides):
@@ -130,8 +130,8 @@ def test_mixed_precision_trains_in_16_bits(tmp_path, policy):
 
 def test_float16_gets_loss_scaling_bfloat16_does_not():
     opt = keras.optimizers.Adam()
-    assert isinstance(distribute.wrap_optimizer(opt, runtime(mixed_precision="mixed_float16")), keras.optimizers.LossScaleOptimizer)
-    assert distribute.wrap_optimizer(opt, runtime(mixed_precision="mixed_bfloat16")) is opt
+    assert isinstance(strategies.wrap_optimizer(opt, runtime(mixed_precision="mixed_float16")), keras.optimizers.LossScaleOptimizer)
+    assert strategies.wrap_optimizer(opt, runtime(mixed_precision="mixed_bfloat16")) is opt
 
 
 def test_jit_compile_trains_like_the_uncompiled_step(tmp_path):
@@ -173,7 +173,7 @@ def test_a_users_own_mirrored_strategy_does_not_clash_with_tfpipes(tmp_path):
     # range and leaves the class as it found it, so a MirroredStrategy the
     # user builds in the same notebook keeps TF's numbering and cannot meet
     # tfpipe's shapes.
-    ours = distribute.make_strategy(runtime(strategy="mirrored", logical_cpus=2))
+    ours = strategies.make_strategy(runtime(strategy="mirrored", logical_cpus=2))
     np.testing.assert_array_equal(_all_reduce_sum(ours, 3), [2.0] * 3)
     assert tf.distribute.MirroredStrategy._collective_key_base == 0  # pylint: disable=protected-access
     theirs = tf.distribute.MirroredStrategy(devices=[d.name for d in tf.config.list_logical_devices("CPU")])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfpipe
-from tfpipe import summaries
+from tfpipe.profile import summaries
 
 MLP = Path(__file__).parents[1] / "configs" / "digits_mlp.yaml"
 

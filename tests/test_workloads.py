@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tfpipe
-from tfpipe import workloads
+from tfpipe.data import workloads
 from tfpipe.data import sources
 
 ROOT = Path(__file__).parents[1]

@@ -5,21 +5,14 @@ import tfpipe
 cfg = tfpipe.load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
 metrics = tfpipe.train(cfg, "runs/quick")
 ```
+
+Importing tfpipe does not import TensorFlow: that happens on the first
+`tfpipe.train(...)`, so a config error is reported before TensorFlow starts.
 """
 
+from tfpipe import train  # a callable package: tfpipe.train(cfg, workdir)
 from tfpipe.config import Config, ConfigError
 from tfpipe.config import load as load_config
 
 __all__ = ["Config", "ConfigError", "load_config", "train"]
 __version__ = "0.1.0"
-
-
-def train(cfg: Config, workdir) -> dict:
-    """Trains, evaluates and exports; see `tfpipe.trainer.run`.
-
-    TensorFlow is imported here rather than with the package, so that a
-    config error is reported before TensorFlow's start-up lines.
-    """
-    from tfpipe.trainer import run  # pylint: disable=import-outside-toplevel
-
-    return run(cfg, workdir)

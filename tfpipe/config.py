@@ -262,7 +262,7 @@ class OptimizerConfig:
     learning_rate: float = _field(1e-3, min=0.0)
     # adam and adamw: update with TensorFlow's fused kernel (same arithmetic,
     # one op per variable instead of ~29); false = Keras's own update_step.
-    # Other optimizers always use Keras's. See tfpipe/optimizers.py.
+    # Other optimizers always use Keras's. See tfpipe/train/optimizers.py.
     fused: bool = True
 
 
@@ -280,7 +280,7 @@ class TrainConfig:
     # 0 = one epoch is one pass over the training split.
     steps_per_epoch: int = _field(0, min=0)
     # A step with a non-finite loss or gradient: stop the run (naming the
-    # step), or skip its batch and go on. See tfpipe/faults.py.
+    # step), or skip its batch and go on. See tfpipe/train/faults.py.
     on_nonfinite: str = _field("stop", choices=("stop", "skip", "off"))
     # With skip: stop anyway after this many skipped batches.
     max_skipped_steps: int = _field(100, min=0)
@@ -294,7 +294,7 @@ class CheckpointConfig:
     every_steps: int = _field(0, min=0)
     keep: int = _field(3, min=1)
     # How the input position is saved: iterator (in the checkpoint), replay
-    # (rebuild and skip consumed batches), auto. See tfpipe/train_input.py.
+    # (rebuild and skip consumed batches), auto. See tfpipe/train/inputs.py.
     input: str = _field("auto", choices=("auto", "iterator", "replay"))
 
 
@@ -335,7 +335,7 @@ class RuntimeConfig:
 class ProfileConfig:
     """The profiler window, the optional profiler server and the always-on timer."""
 
-    # Capture one trace window and write report.json (see tfpipe/profiling.py).
+    # Capture one trace window and write report.json (see tfpipe/profile/trace.py).
     enabled: bool = True
     # The window opens at the first loop call starting at or after this step,
     # after one untraced call that compiles the traced loop. Early steps are
@@ -345,7 +345,7 @@ class ProfileConfig:
     # Steps the window covers, rounded up to whole loop calls.
     num_steps: int = _field(100, min=1)
     # A server for on-demand capture (0 = none), bound to server_host:
-    # tfpipe's own capture endpoint (tfpipe/capture_server.py). "all" starts
+    # tfpipe's own capture endpoint (tfpipe/profile/capture_server.py). "all" starts
     # TensorFlow's gRPC profiler server instead, which TF 2.21 binds to every
     # interface ([::]:port, it has no host argument); TensorBoard's "Capture
     # profile" button talks to that one.
@@ -579,7 +579,7 @@ def _check_cross_field(cfg: Config, where: str):
         )
     # Checked here rather than at build time so a typo fails before training starts.
     from tfpipe.data import preprocess, sources  # pylint: disable=import-outside-toplevel
-    import models  # pylint: disable=import-outside-toplevel
+    from tfpipe import models  # pylint: disable=import-outside-toplevel
 
     if cfg.data.source not in sources.SOURCES:
         raise ConfigError(

@@ -10,7 +10,7 @@
 Every stage is driven by `DataConfig`; nothing here is tuned behind the
 config's back. `stages` lists the stage names in order and `build(...,
 stop_after=name)` cuts the pipeline after one of them, which is how
-`tfpipe.benchmark` measures each stage's throughput.
+`tfpipe.data.benchmark` measures each stage's throughput.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A checkpoint holds everything the next step depends on: model weights,
 optimizer slots and iteration count, the step counter, the dropout random
-state, and (see `tfpipe.train_input`) the input position. Restoring it and
+state, and (see `tfpipe.train.inputs`) the input position. Restoring it and
 training on gives the same weights as never having stopped.
 
 Writing is atomic as far as a reader of the directory can tell: TensorFlow

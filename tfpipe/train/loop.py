@@ -22,18 +22,16 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-import models
-from tfpipe import checkpointing
+from tfpipe import models
+from tfpipe.train import checkpoints
 from tfpipe import config as config_lib
-from tfpipe import distribute, faults, optimizers, profiling, train_input
+from tfpipe.distribute import strategies
+from tfpipe.train import faults
+from tfpipe.train import optimizers
+from tfpipe.profile import trace
+from tfpipe.train import inputs
 from tfpipe.data import check, pipeline, sources
-
-_ACCURACY = {
-    "categorical_crossentropy": keras.metrics.CategoricalAccuracy,
-    "sparse_categorical_crossentropy": keras.metrics.SparseCategoricalAccuracy,
-    "binary_crossentropy": keras.metrics.BinaryAccuracy,
-}
-
+from tfpipe.train.steps import Metrics, Steps
 
 def _say(msg: str) -> None:
     print(f"[tfpipe] {msg}", flush=True)
@@ -41,25 +39,6 @@ def _say(msg: str) -> None:
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())[:300]
-
-
-class _Metrics:
-    """Loss mean and accuracy for one phase (train or eval); built in strategy scope."""
-
-    def __init__(self, loss_name: str, prefix: str):
-        self.loss = keras.metrics.Mean(name=f"{prefix}_loss")
-        self.accuracy = _ACCURACY[loss_name](name=f"{prefix}_accuracy")
-
-    def update(self, per_example_loss, labels, predictions):
-        self.loss.update_state(per_example_loss)
-        self.accuracy.update_state(labels, predictions)
-
-    def reset(self):
-        self.loss.reset_state()
-        self.accuracy.reset_state()
-
-    def result(self) -> dict:
-        return {"loss": float(self.loss.result()), "accuracy": float(self.accuracy.result())}
 
 
 def _input_mode(cfg) -> str:
@@ -100,21 +79,21 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # ---------------------------------------------------------------- Setup
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    distribute.configure_devices(cfg.runtime)
-    distribute.serve_parameter_server_task(cfg.runtime)  # ps/worker tasks block here
+    strategies.configure_devices(cfg.runtime)
+    strategies.serve_parameter_server_task(cfg.runtime)  # ps/worker tasks block here
     keras.utils.set_random_seed(cfg.runtime.seed)
-    strategy = distribute.make_strategy(cfg.runtime)
+    strategy = strategies.make_strategy(cfg.runtime)
     faults.keep_sigterm_handler()  # multi_worker_mirrored's coordination service replaces it
     # parameter_server: this process is the coordinator; steps run on workers.
     coordinator = (
-        tf.distribute.coordinator.ClusterCoordinator(strategy) if distribute.is_parameter_server(strategy) else None
+        tf.distribute.coordinator.ClusterCoordinator(strategy) if strategies.is_parameter_server(strategy) else None
     )
     global_batch = cfg.train.batch_size
-    distribute.check_batch(global_batch, strategy)
-    learning_rate = distribute.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
-    _say(distribute.describe(strategy, global_batch, cfg.runtime, learning_rate))
+    strategies.check_batch(global_batch, strategy)
+    learning_rate = strategies.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
+    _say(strategies.describe(strategy, global_batch, cfg.runtime, learning_rate))
     # Only the chief writes into workdir; other workers write to a temporary dir.
-    outdir = Path(distribute.output_dir(workdir))
+    outdir = Path(strategies.output_dir(workdir))
     config_lib.dump(cfg, outdir / "config.yaml")
 
     # ---------------------------------------------------------------- Input
@@ -129,28 +108,28 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
     if coordinator:
-        train_data = distribute.PerWorkerInput(coordinator, lambda: pipeline.build(cfg.data, "train", global_batch))
+        train_data = strategies.PerWorkerInput(coordinator, lambda: pipeline.build(cfg.data, "train", global_batch))
         # The coordinator evaluates inline, reading the variables from the ps tasks.
         eval_datasets = {split: pipeline.build(cfg.data, split, global_batch, training=False) for split in eval_splits}
     else:
-        train_data = train_input.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
+        train_data = inputs.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     features_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec[0]
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
         input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
-        with distribute.precision_policy(cfg.runtime):
+        with strategies.precision_policy(cfg.runtime):
             try:
                 model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
             except (TypeError, ValueError) as e:  # a model.params value the builder cannot take
                 raise config_lib.ConfigError(f"model.params for {cfg.model.name!r}: {_one_line(e)}") from None
         optimizer = optimizers.build(cfg.optimizer, learning_rate)  # fused Adam unless optimizer.fused is false
-        optimizer = distribute.wrap_optimizer(optimizer, cfg.runtime)
+        optimizer = strategies.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
-        train_metrics = _Metrics(cfg.model.loss, "train")
-        eval_metrics = _Metrics(cfg.model.loss, "eval")
+        train_metrics = Metrics(cfg.model.loss, "train")
+        eval_metrics = Metrics(cfg.model.loss, "eval")
     # The functional form returns one loss per example; tf.nn.compute_average_loss
     # then divides by the global batch, which is right for any replica count.
     loss_fn = keras.losses.get(cfg.model.loss)
@@ -158,133 +137,24 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # int() under any strategy (a MirroredVariable cannot be).
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
-    input_timer = profiling.InputWaitTimer(cfg.profile.measure_input_wait)
-    profiler = profiling.Profiler(cfg.profile, outdir, input_timer, trace=distribute.current_task().is_chief)
+    input_timer = trace.InputWaitTimer(cfg.profile.measure_input_wait)
+    profiler = trace.Profiler(cfg.profile, outdir, input_timer, trace=strategies.current_task().is_chief)
     preemption = faults.PreemptionVote(strategy)
 
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-    def compute_step(features, labels):
-        with tf.GradientTape() as tape:
-            # Under mixed precision the model computes in 16 bits; the loss
-            # and the metrics are kept in float32.
-            predictions = tf.cast(model(features, training=True), tf.float32)
-            per_example = loss_fn(labels, predictions)
-            loss = tf.nn.compute_average_loss(per_example)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
-            # its apply_gradients unscales the gradients again.
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        # With loss scaling an overflowing gradient is routine (the optimizer
-        # lowers the scale and skips that update), so only the loss is checked.
-        checked = [loss] if loss_scaled else grads
-        return grads, (per_example, labels, predictions), loss, nonfinite.flags(loss, checked)
-
-    if cfg.runtime.jit_compile:
-        # XLA compiles the model's forward and backward pass; the optimizer
-        # update stays outside because its cross-replica sum cannot be compiled.
-        compiled_step = tf.function(compute_step, jit_compile=True)
-
-        def compute_step(features, labels):  # pylint: disable=function-redefined
-            # Batches sliced from one host pipeline sit on the first device;
-            # XLA runs where its inputs are, so copy them to this replica's
-            # device first (else: "Trying to access resource .../replica_1").
-            return compiled_step(*tf.nest.map_structure(tf.identity, (features, labels)))
-
-    def apply_step(grads, outputs):
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        train_metrics.update(*outputs)
-
-    def train_step(iterator, index, done, verdict):
-        # The input-wait timer brackets the fetch; `done` is when the previous
-        # step's updates finished (tfpipe/profiling.py).
-        batch = input_timer.next(iterator, done, fetch=train_data.next_batch)
-        # Gradients are checked before they are applied (tfpipe/faults.py).
-        grads, outputs, loss, bad = strategy.run(compute_step, args=batch)
-        ok, verdict = nonfinite.check(strategy, index, loss, bad, verdict)
-        if ok:
-            strategy.run(apply_step, args=(grads, outputs))
-        return input_timer.step_done(model.trainable_variables), verdict
-
-    @tf.function
-    def train_loop(iterator, num_steps):
-        # A tensor num_steps makes a graph while-loop; a Python int (the
-        # profiler's window) unrolls it: xprof finds no steps in a while-loop.
-        # Both tokens ride through the loop and are written out once per call.
-        done, verdict = input_timer.token(), nonfinite.token()
-        for i in range(num_steps):
-            done, verdict = train_step(iterator, step + i, done, verdict)
-        input_timer.flush(done)
-        nonfinite.flush(verdict)
-        step.assign_add(num_steps)
-        return train_metrics.loss.result(), train_metrics.accuracy.result()
-
-    # One step per call needs no graph while-loop around it; at
-    # steps_per_loop=1 the loop's own cost is a measurable share of a step.
-    @tf.function
-    def train_once(iterator):
-        done, verdict = train_step(iterator, step.read_value(), input_timer.token(), nonfinite.token())
-        input_timer.flush(done)
-        nonfinite.flush(verdict)
-        step.assign_add(1)
-        return train_metrics.loss.result(), train_metrics.accuracy.result()
-
-    def train_call(n: int, unrolled: bool = False):
-        if n == 1:
-            return train_once(train_data.iterator)
-        return train_loop(train_data.iterator, n if unrolled else tf.constant(n, tf.int64))
-
-    @tf.function
-    def worker_loop(iterator, num_steps):
-        # parameter_server: runs on whichever worker the coordinator picks; the
-        # coordinator counts the steps it schedules. The non-finite guard's
-        # variables live on the coordinator, so workers apply every update.
-        for _ in tf.range(num_steps):
-            grads, outputs, _, _ = strategy.run(compute_step, args=next(iterator))
-            strategy.run(apply_step, args=(grads, outputs))
-
-    def schedule_call(n: int, epoch_ends: bool):
-        # parameter_server: queue n steps for whichever worker is free and
-        # return at once; the metrics are final once the epoch is joined.
-        coordinator.schedule(worker_loop, args=(train_data.iterator, tf.constant(n, tf.int64)))
-        step.assign_add(n)
-        if epoch_ends:
-            coordinator.join()
-        return train_metrics.loss.result(), train_metrics.accuracy.result()
-
-    def eval_step(features, labels):
-        # A pass's last, partial batch may leave some replicas with zero
-        # examples, and BatchNormalization fails on an empty batch
-        # ("Incompatible shapes: [64] vs. [0,4,4,32]": digits_cnn, mirrored).
-        # An empty batch adds nothing to the metrics, so it is not run.
-        if tf.shape(tf.nest.flatten(labels)[0])[0] > 0:
-            predictions = model(features, training=False)
-            eval_metrics.update(loss_fn(labels, predictions), labels, predictions)
-
-    @tf.function
-    def eval_loop(dataset):
-        for features, labels in dataset:
-            if coordinator:
-                eval_step(features, labels)
-            else:
-                strategy.run(eval_step, args=(features, labels))
-
-    def evaluate(split) -> dict:
-        eval_metrics.reset()
-        eval_loop(eval_datasets[split])
-        return eval_metrics.result()
+    steps = Steps(
+        strategy, model, optimizer, loss_fn, train_metrics, eval_metrics, nonfinite, input_timer, step,
+        train_data, coordinator=coordinator, jit_compile=cfg.runtime.jit_compile,
+    )  # fmt: skip
 
     # ---------------------------------------------------------------- Restore
     # Every worker saves, each into its own outdir: under multi_worker_mirrored
     # saving a sync-on-read variable all-reduces it, and a chief saving alone
     # pairs that with a peer's next step (verified: "Shape mismatch in the
     # collective instance"). Every worker restores from the chief's checkpoints.
-    checkpointer = checkpointing.Checkpointer(
+    checkpointer = checkpoints.Checkpointer(
         outdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
         restore_dir=workdir / "checkpoints",
-        model=model, optimizer=optimizer, random=checkpointing.random_state(model),
+        model=model, optimizer=optimizer, random=checkpoints.random_state(model),
         **train_data.trackables,
     )  # fmt: skip
     if checkpointer.restore():
@@ -315,9 +185,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         while current < epoch_end:
             n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
             if coordinator:  # parameter servers: closures scheduled on workers
-                results = schedule_call(n, current + n >= epoch_end)
+                results = steps.schedule_call(n, current + n >= epoch_end)
             else:  # marks, traces or unrolls the call when the profiler asks for it
-                results = profiler.call(train_call, current, n)
+                results = profiler.call(steps.train_call, current, n)
             current += n
             if not traced:  # wait for the tracing call, then start the clock
                 float(results[0])
@@ -359,7 +229,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 if input_timer.enabled:
                     tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
         if "validation" in eval_datasets:
-            val = evaluate("validation")
+            val = steps.evaluate(eval_datasets["validation"])
             with writers["validation"].as_default(step=current):
                 for name, value in val.items():
                     tf.summary.scalar(name, value)
@@ -372,7 +242,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     # ---------------------------------------------------------------- Evaluate
     split = "test" if "test" in eval_datasets else "validation"
-    final = evaluate(split)
+    final = steps.evaluate(eval_datasets[split])
 
     # ---------------------------------------------------------------- Export
     model.save(outdir / "model.keras")
@@ -388,14 +258,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         "steps": int(step),
         "nonfinite_skipped": int(nonfinite.skipped),
         # Equal on every worker of a synchronous run: a cheap check they did not diverge.
-        "weights_sha256": distribute.weights_digest(model),
+        "weights_sha256": strategies.weights_digest(model),
     }
     if cfg.data.ignore_errors:
         metrics["skipped_records"] = data_report.bad_records
         _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
     with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
-    distribute.cleanup_output_dir(outdir, workdir)
+    strategies.cleanup_output_dir(outdir, workdir)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
     _say(
         f"done: {split} accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f}, "

@@ -18,7 +18,7 @@ def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]
     Example:
 
     ```python
-    curve = tfpipe.summaries.read_scalars("runs/x/logs/validation")["accuracy"]
+    curve = tfpipe.profile.summaries.read_scalars("runs/x/logs/validation")["accuracy"]
     ```
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -42,7 +42,7 @@ verified here, see tests/test_profiling.py):
 - `tf.profiler.experimental.server.start(port)` binds `[::]:port`, every
   interface, and has no host argument. When the port is taken it only logs
   a C++ error. So on-demand capture is served by tfpipe itself on
-  `profile.server_host` (127.0.0.1 by default, tfpipe/capture_server.py);
+  `profile.server_host` (127.0.0.1 by default, tfpipe/profile/capture_server.py);
   `server_host: all` starts TensorFlow's server, after checking the port.
 
 Observability never stops training: every profiler failure (unwritable log
@@ -62,7 +62,7 @@ from pathlib import Path
 import tensorflow as tf
 from absl import logging
 
-from tfpipe import capture_server
+from tfpipe.profile import capture_server
 
 STEP_MARKER = "train"
 
@@ -411,7 +411,7 @@ class Profiler:
             always_on = traced["wait_seconds"] / traced["seconds"]
         try:
             # Imported here: the converters load a large native library.
-            from tfpipe import report as report_lib  # pylint: disable=import-outside-toplevel
+            from tfpipe.profile import report as report_lib  # pylint: disable=import-outside-toplevel
 
             self.report = report_lib.analyze(
                 self._run_dir,

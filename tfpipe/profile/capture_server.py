@@ -16,7 +16,7 @@ person on that host, or on the other end of an SSH tunnel, not for a remote
 TensorBoard's "Capture profile" button (that needs `server_host: all`).
 
 Only one trace can run in a process at a time; `lock` is shared with the
-scheduled trace window (`tfpipe.profiling.Profiler`), and a capture asked for
+scheduled trace window (`tfpipe.profile.trace.Profiler`), and a capture asked for
 while the window is open is refused with HTTP 409 rather than queued.
 """
 

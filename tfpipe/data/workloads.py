@@ -60,7 +60,7 @@ def images(out_dir: str, num_images: int = 10_000, size: int = 256, seed: int = 
     """
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
-    from tfpipe import tfrecords  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import tfrecords  # pylint: disable=import-outside-toplevel
     from tfpipe.data.sources import _digits_arrays  # pylint: disable=import-outside-toplevel
 
     x, y = _digits_arrays()

@@ -19,7 +19,7 @@ report says so instead of guessing.
 Example:
 
 ```python
-from tfpipe import report
+from tfpipe.profile import report
 r = report.analyze("runs/x/logs")      # newest run under logs/plugins/profile/
 print(report.summary(r))               # also in runs/x/logs/.../report.json
 ```

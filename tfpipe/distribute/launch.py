@@ -10,7 +10,7 @@ killed and the job fails.
 Example:
 
 ```python
-from tfpipe import launch
+from tfpipe.distribute import launch
 code = launch.launch_local(["python", "scripts/train.py", "--config", "c.yaml"], num_workers=2)
 ```
 """
