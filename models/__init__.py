@@ -3,12 +3,16 @@
 Every builder takes `input_shape`, `num_classes` and its own keyword
 arguments (the config's `model.params`) and returns an uncompiled
 `keras.Model`; tfpipe's training loop supplies optimizer, loss and metrics.
+
+`model.name` may also be an import path, `my_pkg.nets:build`, naming a
+builder of the same form outside tfpipe.
 """
 
 from __future__ import annotations
 
 import inspect
 
+from tfpipe import importpath
 from tfpipe.models import cnn, mlp, resnet, wide_deep
 
 # Dispatch by plain dict: add a model by adding a line here.
@@ -20,11 +24,23 @@ MODELS = {
 }
 
 
+def builder(name: str, where: str = "config"):
+    """The builder `name` names: a key of `MODELS` or a `module:function` path."""
+    if importpath.is_import_path(name):
+        try:
+            return importpath.load(name, "model.name")
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    if name not in MODELS:
+        raise ValueError(
+            f"{where}: model.name: expected one of {', '.join(sorted(MODELS))} or module:function, got {name!r}"
+        )
+    return MODELS[name]
+
+
 def check(name: str, params: dict, where: str = "config") -> None:
     """Raises ValueError if the model is unknown or its params do not fit the builder."""
-    if name not in MODELS:
-        raise ValueError(f"{where}: model.name: expected one of {', '.join(sorted(MODELS))}, got {name!r}")
-    sig = inspect.signature(MODELS[name])
+    sig = inspect.signature(builder(name, where))
     try:
         sig.bind(None, None, **params)
     except TypeError as e:
@@ -35,4 +51,4 @@ def check(name: str, params: dict, where: str = "config") -> None:
 def build(name: str, input_shape, num_classes: int, params: dict):
     """The model `name` built for `input_shape` features and `num_classes` outputs."""
     check(name, params)
-    return MODELS[name](input_shape, num_classes, **params)
+    return builder(name)(input_shape, num_classes, **params)

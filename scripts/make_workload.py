@@ -1,39 +1,11 @@
 """Generates a benchmark workload on disk, deterministic from --seed.
 
-    python scripts/make_workload.py images --out data/images [--num_images 10000]
-    python scripts/make_workload.py clicks --out data/clicks [--rows 1000000 --num_files 8]
+The same as `tfpipe make_workload ...`; the program lives in tfpipe/commands/make_workload.py.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Output directory.", required=True)
-flags.DEFINE_integer("seed", 0, "Seed of every generated value.")
-flags.DEFINE_integer("num_images", 10_000, "images: total images (train + test).")
-flags.DEFINE_integer("size", 256, "images: side of the square JPEGs.")
-flags.DEFINE_integer("num_shards", 8, "images: TFRecord shards of the training split.")
-flags.DEFINE_integer("rows", 1_000_000, "clicks: total rows (train + test).")
-flags.DEFINE_integer("num_files", 8, "clicks: training CSV files.")
-flags.DEFINE_float("test_fraction", 0.1, "Share of the examples in the test split.")
-
-
-def main(argv):
-    if len(argv) != 2 or argv[1] not in ("images", "clicks"):
-        raise app.UsageError("expected one workload name: images or clicks")
-    from tfpipe.data import workloads  # pylint: disable=import-outside-toplevel
-
-    if argv[1] == "images":
-        info = workloads.images(FLAGS.out, FLAGS.num_images, FLAGS.size, FLAGS.seed, FLAGS.num_shards, FLAGS.test_fraction)
-    else:
-        info = workloads.clicks(FLAGS.out, FLAGS.rows, FLAGS.num_files, FLAGS.seed, FLAGS.test_fraction)
-    print(f"{argv[1]} workload in {FLAGS.out}: {info}")
-    return 0
-
+from tfpipe import cli
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(cli.main(["make_workload", *sys.argv[1:]]))

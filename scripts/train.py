@@ -1,79 +1,11 @@
 """Trains a model from a YAML config.
 
-    python scripts/train.py --config configs/digits_mlp.yaml [--workdir DIR] [--set train.epochs=5 ...]
-
-Config errors end the run with one line naming the key and what was expected.
-Exit codes: 0 done, 2 config or data error, 3 non-finite loss (train.on_nonfinite:
-stop), 4 no checkpoint in the workdir can be restored, 5 lost contact with
-another task of a multi-worker cluster (restart the whole job), 143 preempted
-by SIGTERM after saving a checkpoint (rerun to continue).
+The same as `tfpipe train ...`; the program lives in tfpipe/commands/train.py.
 """
 
-import datetime
-import os
 import sys
 
-# Before TensorFlow loads: hide its C++ INFO banner lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from absl import app, flags, logging
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "YAML config file.", required=True)
-flags.DEFINE_string("workdir", None, "Run directory; default runs/<config name>-<time>. Reusing one resumes it.")
-flags.DEFINE_multi_string("set", [], "Override a config key: --set train.epochs=5 (repeatable).")
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # TensorFlow's own INFO lines (one per checkpoint save) drown the progress
-    # output; -v 0 / --verbosity=0 brings them back.
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    import tfpipe  # pylint: disable=import-outside-toplevel
-
-    try:
-        cfg = tfpipe.load_config(FLAGS.config, overrides=FLAGS.set)
-    except tfpipe.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    workdir = FLAGS.workdir or os.path.join(
-        "runs", f"{os.path.splitext(os.path.basename(FLAGS.config))[0]}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    )
-    from tfpipe.train import checkpoints  # pylint: disable=import-outside-toplevel
-    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
-    from tfpipe.train import faults  # pylint: disable=import-outside-toplevel
-    from tfpipe.data.check import DataError  # pylint: disable=import-outside-toplevel
-
-    faults.handle_sigterm()
-    try:
-        tfpipe.train(cfg, workdir)
-    except tfpipe.ConfigError as e:  # found once TensorFlow knows the devices (batch vs replicas, optimizer name)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except faults.Preempted as e:
-        print(f"[tfpipe] {e}", flush=True)
-        return faults.EXIT_PREEMPTED
-    except faults.NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return faults.EXIT_NONFINITE
-    except checkpoints.CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 4
-    except strategies.StrategyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except strategies.PEER_ERRORS as e:
-        if not strategies.current_task().task_type:
-            raise
-        print(f"error: {strategies.peer_lost_message(e)}", file=sys.stderr)
-        return faults.EXIT_PEER_LOST
-    return 0
-
+from tfpipe import cli
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(cli.main(["train", *sys.argv[1:]]))

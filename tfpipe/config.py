@@ -9,7 +9,8 @@ reproduces the run.
 Example:
 
 ```python
-cfg = tfpipe.load_config("configs/digits_mlp.yaml", overrides=["train.epochs=5"])
+cfg = tfpipe.load_config("digits_mlp", overrides=["train.epochs=5"])  # a shipped config, by name
+cfg = tfpipe.load_config("configs/digits_mlp.yaml")                    # or any file, by path
 cfg.train.epochs  # 5
 ```
 """
@@ -245,12 +246,15 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    # A key of models.MODELS.
+    # A key of tfpipe.models.MODELS, or module:function naming a builder
+    # (input_shape, num_classes, **params) -> keras.Model.
     name: str = "mlp"
     # Keyword arguments of the builder; checked against its signature.
     params: dict = _field({})
+    # Sparse by default: every source yields integer class ids, so a config
+    # without a one_hot step trains (categorical needs one-hot labels).
     loss: str = _field(
-        "categorical_crossentropy",
+        "sparse_categorical_crossentropy",
         choices=("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy"),
     )
 
@@ -370,11 +374,46 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
+def shipped() -> dict[str, str]:
+    """The configs installed with tfpipe: name -> path (`digits_mlp` -> .../tfpipe/configs/digits_mlp.yaml)."""
+    import importlib.resources  # pylint: disable=import-outside-toplevel
+
+    folder = importlib.resources.files("tfpipe.configs")
+    return {
+        entry.name[: -len(".yaml")]: os.fspath(entry)
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """A config file from a path, or from the name of a shipped config.
+
+    An existing file wins; otherwise a bare name (`digits_mlp`, also
+    `digits_mlp.yaml` or `configs/digits_mlp.yaml` as written in a checkout)
+    names a config shipped inside the package.
+
+    Raises:
+        ConfigError: neither a file nor a shipped name, listing the names.
+    """
+    where = os.fspath(path)
+    if os.path.isfile(where):
+        return where
+    names = shipped()
+    stem = os.path.basename(where)
+    stem = stem[: -len(".yaml")] if stem.endswith(".yaml") else stem
+    parent = os.path.dirname(where)
+    if stem in names and parent in ("", "configs"):
+        return names[stem]
+    raise ConfigError(f"{where}: no such config file, and not a shipped config (expected one of {', '.join(names)})")
+
+
 def load(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Reads a YAML config, applies overrides, and returns a validated tree.
 
     Args:
-        path: YAML file; None starts from the defaults.
+        path: a YAML file, or the name of a shipped config (`"digits_mlp"`,
+            see `shipped()`); None starts from the defaults.
         overrides: strings `a.b.c=value`; the value is parsed as YAML, so
             `train.epochs=5` gives an int and `data.cache=""` an empty string.
 
@@ -388,7 +427,7 @@ def load(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] 
     raw: dict = {}
     where = "<defaults>"
     if path is not None:
-        where = os.fspath(path)
+        where = resolve_path(path)
         try:
             with open(where, encoding="utf-8") as f:
                 raw = _yaml(f) or {}

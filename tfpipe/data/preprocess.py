@@ -11,6 +11,11 @@ crop, no flip).
 Features are a tensor or a dict of tensors; `key` picks one entry of a dict
 (leave it out for tensor features). Column arguments accept globs ("C*").
 
+`op` may also be an import path, `my_pkg.prep:fn`: without further arguments
+`fn(features, label)` is the step itself; with arguments, `fn(**arguments)`
+returns the step. Such steps run per example, after the cache, every epoch
+(tfpipe cannot tell whether they are random).
+
 Example:
 
 ```yaml
@@ -30,6 +35,8 @@ import inspect
 import re
 
 import tensorflow as tf
+
+from tfpipe import importpath
 
 
 def _get(x, key):
@@ -331,7 +338,7 @@ def split_at_first_random(steps) -> tuple[tuple, tuple]:
     """Splits steps into a deterministic prefix and the rest (from the first random op)."""
     steps = tuple(steps)
     for i, step in enumerate(steps):
-        if step["op"] in RANDOM_OPS:
+        if step["op"] in RANDOM_OPS or importpath.is_import_path(step["op"]):
             return steps[:i], steps[i:]
     return steps, ()
 
@@ -356,9 +363,14 @@ def check_steps(steps, where: str = "config", vectorized: bool = False) -> None:
         if not isinstance(step, dict) or "op" not in step:
             raise ValueError(f"{where}: {key}: expected a mapping with an 'op' key, got {step!r}")
         op = step["op"]
-        if op not in STEPS:
-            raise ValueError(f"{where}: {key}.op: expected one of {', '.join(sorted(STEPS))}, got {op!r}")
         args = _args(step)
+        if importpath.is_import_path(op):
+            _check_imported(op, args, f"{where}: {key}", vectorized)
+            continue
+        if op not in STEPS:
+            raise ValueError(
+                f"{where}: {key}.op: expected one of {', '.join(sorted(STEPS))} or module:function, got {op!r}"
+            )
         sig = inspect.signature(STEPS[op])
         if "training" in args:
             raise ValueError(f"{where}: {key} ({op}): 'training' is set by the pipeline, not the config")
@@ -374,12 +386,39 @@ def check_steps(steps, where: str = "config", vectorized: bool = False) -> None:
             )
 
 
+def _imported(op: str, args: dict):
+    """The factory of an import-path step: `fn` itself when it takes no arguments."""
+    fn = importpath.load(op, "op")
+    return fn if args else (lambda: fn)
+
+
+def _check_imported(op: str, args: dict, where: str, vectorized: bool) -> None:
+    try:
+        fn = importpath.load(op, f"{where}.op")
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: trust them
+        return
+    try:
+        sig.bind(**args) if args else sig.bind(None, None)
+    except TypeError as e:
+        expected = "accept these arguments" if args else "take (features, label)"
+        raise ValueError(f"{where} ({op}): expected a function that can {expected}: {e}") from None
+    if vectorized:
+        raise ValueError(f"{where} ({op}): imported steps run per example, but data.map.vectorized is true")
+
+
 def build(steps, training: bool) -> list:
     """The step functions in order; random ops get the `training` flag."""
     fns = []
     for step in steps:
-        factory = STEPS[step["op"]]
         args = _args(step)
+        if importpath.is_import_path(step["op"]):
+            fns.append(_imported(step["op"], args)(**args))
+            continue
+        factory = STEPS[step["op"]]
         if "training" in inspect.signature(factory).parameters:
             args["training"] = training
         fns.append(factory(**args))
