@@ -384,8 +384,16 @@ def image_folder(data_cfg, split: str) -> Source:
     )
 
 
+def python(data_cfg, split: str) -> Source:
+    """Data given from Python, `tfpipe.train(cfg, data=...)`; see tfpipe/data/memory.py."""
+    from tfpipe.data import memory  # pylint: disable=import-outside-toplevel  # memory imports this module
+
+    return memory.source(data_cfg, split)
+
+
 # Dispatch by plain dict: the names `data.source` may take.
 SOURCES = {
+    "python": python,
     "digits": digits,
     "npz": npz,
     "synthetic": synthetic,

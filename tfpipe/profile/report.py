@@ -457,10 +457,9 @@ def _write(report: dict, out_dir: Path) -> None:
 
 
 def _chart(per_step: list[dict], spm: int, title: str, path: Path) -> None:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-
-    matplotlib.use("Agg")  # no display: write the PNG only
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    # A Figure without pyplot renders to PNG with no backend at all, so the
+    # caller's matplotlib (a notebook's inline backend) is left as it was.
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
     labels = [str(s["first_step"] if s["first_step"] is not None else s["marker"]) for s in per_step]
     series = [
@@ -469,7 +468,8 @@ def _chart(per_step: list[dict], spm: int, title: str, path: Path) -> None:
         ("device_compute_ms", "device compute", "#9467bd"),
         ("other_ms", "other", "#7f7f7f"),
     ]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(labels) + 2), 4.0))
+    fig = Figure(figsize=(max(6.0, 0.35 * len(labels) + 2), 4.0))
+    ax = fig.subplots()
     positions = list(range(len(per_step)))
     bottom = [0.0] * len(per_step)
     for key, name, color in series:
@@ -487,4 +487,3 @@ def _chart(per_step: list[dict], spm: int, title: str, path: Path) -> None:
         ax.tick_params(axis="x", labelrotation=90)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

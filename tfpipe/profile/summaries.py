@@ -25,7 +25,10 @@ def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]
 
     scalars = defaultdict(list)
     for path in sorted(tf.io.gfile.glob(os.path.join(os.fspath(logdir), "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
+        # Event files are TFRecord files of Event protos; read them as such:
+        # tf.compat.v1.train.summary_iterator logs a deprecation warning.
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 # tf.summary.scalar in TF2 stores the number as a tensor.
                 number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value

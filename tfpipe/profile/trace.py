@@ -227,10 +227,12 @@ class Profiler:
             `workdir/logs`; `report.json` and `report.png` go to `workdir`.
         input_timer: the loop's `InputWaitTimer`, read around the traced calls
             so that the report can set the always-on figure next to the profile's.
+        log: prints one line (the loop passes its progress line's `print`).
     """
 
-    def __init__(self, profile_cfg, workdir, input_timer: InputWaitTimer | None = None, trace: bool = True):
+    def __init__(self, profile_cfg, workdir, input_timer: InputWaitTimer | None = None, trace: bool = True, log=None):
         self._cfg = profile_cfg
+        self._log = log or (lambda msg: print(msg, flush=True))
         # trace=False (multi-worker non-chiefs) keeps the same call schedule,
         # unrolling and markers, so every worker runs the same functions in the
         # same order (their collectives must pair up), but records nothing: a
@@ -317,6 +319,19 @@ class Profiler:
             self._profiled[2] += self._timer.seconds() - wait0 if self._timer else 0.0
         return results
 
+    def upcoming(self, first_step: int) -> str | None:
+        """What the next call starting at `first_step` spends its time on, when that is not training."""
+        if self._state == "waiting" and first_step >= self._cfg.start_step and self._calls:
+            return "profiler: compiling the unrolled loop once, not counted"
+        if self._state == "warm":
+            return "profiler: tracing, not counted"
+        return None
+
+    def ms_per_step(self, steps: int, seconds: float) -> float | None:
+        """ms per step over `steps` and `seconds` since the epoch began, less the profiler's calls so far."""
+        steps, seconds = steps - self._profiled[0], seconds - self._profiled[1]
+        return 1000 * seconds / steps if steps > 0 and seconds > 0 else None
+
     def pop_profiled_time(self) -> tuple[int, float, float]:
         """Steps, seconds and input-wait seconds spent in the warm-up and traced
         calls since the last pop: the trainer leaves them out of throughput."""
@@ -377,10 +392,9 @@ class Profiler:
         new = capture_server.run_dirs(self._logdir) - self._before
         self._run_dir = max(new, key=os.path.getmtime) if new else None
         traced = self._traced
-        print(
+        self._log(
             f"[tfpipe] profiled {traced['steps']} steps ({traced['calls']} loop calls from step "
-            f"{traced['first_step']}) -> {self._run_dir}",
-            flush=True,
+            f"{traced['first_step']}) -> {self._run_dir}"
         )
 
     def finish(self, config=None) -> dict | None:
@@ -397,10 +411,9 @@ class Profiler:
             self._stop()
         if self._state == "waiting" or self._state == "warm":
             if self._cfg.enabled:
-                print(
+                self._log(
                     f"[tfpipe] no profile: the run ended before profile.start_step={self._cfg.start_step} "
-                    f"plus one warm-up call",
-                    flush=True,
+                    f"plus one warm-up call"
                 )
             return None
         if self._state != "captured" or self._run_dir is None:
@@ -420,7 +433,7 @@ class Profiler:
                 config=config,
                 always_on_input_wait_fraction=always_on,
             )
-            print(report_lib.summary(self.report), flush=True)
+            self._log(report_lib.summary(self.report))
         except Exception as e:  # pylint: disable=broad-except
             _warn(f"profiler: could not analyse {self._run_dir}: {type(e).__name__}: {e}")
             return None

@@ -22,7 +22,6 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tfpipe import models
 from tfpipe.train import checkpoints
 from tfpipe import config as config_lib
 from tfpipe.distribute import strategies
@@ -31,14 +30,12 @@ from tfpipe.train import optimizers
 from tfpipe.profile import trace
 from tfpipe.train import inputs
 from tfpipe.data import check, pipeline, sources
+from tfpipe.train import custom, progress
+from tfpipe.train import result as result_lib
 from tfpipe.train.steps import Metrics, Steps
 
 def _say(msg: str) -> None:
     print(f"[tfpipe] {msg}", flush=True)
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())[:300]
 
 
 def _input_mode(cfg) -> str:
@@ -54,20 +51,25 @@ def _input_mode(cfg) -> str:
     return "replay"
 
 
-def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
+def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> result_lib.Result:
     """Trains, evaluates and exports the model `cfg` describes.
 
-    Rerunning with the same `workdir` resumes from its latest checkpoint.
+    Rerunning with the same `workdir` resumes from its latest checkpoint; a
+    finished run is not trained again (its saved results come back).
 
     Args:
         cfg: a `tfpipe.config.Config` (see `tfpipe.load_config`).
-        workdir: where config.yaml, checkpoints/, logs/, model.keras and
-            metrics.json are written.
+        workdir: where config.yaml, checkpoints/, logs/, model.keras,
+            metrics.json and history.json are written.
+        model: None builds `model.name`; a `keras.Model` or a builder
+            callable (see tfpipe/train/custom.py). Data from Python comes in
+            through `tfpipe.train(cfg, data=...)`.
 
     Returns:
-        The metrics also written to `workdir/metrics.json`: test-split
-        `accuracy` and `loss`, training `examples_per_sec` (warm-up
-        excluded), `epochs`, `steps`.
+        A `tfpipe.train.result.Result`: reads like the metrics dict written
+        to `workdir/metrics.json` (test-split `accuracy` and `loss`,
+        training `examples_per_sec` (warm-up excluded), `epochs`, `steps`),
+        and carries `history`, `model`, `workdir` and `report`.
 
     Example:
 
@@ -114,16 +116,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     else:
         train_data = inputs.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
-    features_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec[0]
+    features_spec, labels_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec
+    custom.check_labels(cfg.model.loss, labels_spec)
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
-        input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
         with strategies.precision_policy(cfg.runtime):
-            try:
-                model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
-            except (TypeError, ValueError) as e:  # a model.params value the builder cannot take
-                raise config_lib.ConfigError(f"model.params for {cfg.model.name!r}: {_one_line(e)}") from None
+            # model.name, or the caller's keras.Model or builder (tfpipe/train/custom.py).
+            model = custom.build_model(model, cfg, features_spec, train_source.num_classes, strategy)
         optimizer = optimizers.build(cfg.optimizer, learning_rate)  # fused Adam unless optimizer.fused is false
         optimizer = strategies.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
@@ -138,7 +138,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     nonfinite = faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps)
     input_timer = trace.InputWaitTimer(cfg.profile.measure_input_wait)
-    profiler = trace.Profiler(cfg.profile, outdir, input_timer, trace=strategies.current_task().is_chief)
+    line = progress.EpochLine(cfg.train.epochs, steps_per_epoch)
+    profiler = trace.Profiler(cfg.profile, outdir, input_timer, trace=strategies.current_task().is_chief, log=line.print)
     preemption = faults.PreemptionVote(strategy)
 
     steps = Steps(
@@ -162,6 +163,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             f"resuming from {checkpointer.latest} at step {int(step)} "
             f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
+    if int(step) >= total_steps and (workdir / "metrics.json").exists():
+        return custom.finished(workdir, model, total_steps)
     train_data.start(int(step), checkpointer.latest)
 
     # ---------------------------------------------------------------- Loop
@@ -174,16 +177,20 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     # next call while the previous one runs, as `fit` does.
     timed_steps, timed_seconds, timed_wait, traced = 0, 0.0, 0.0, False
     current = int(step)
+    history = result_lib.read_history(workdir, current)  # a resumed run keeps its earlier epochs
+    values = []
     while current < total_steps:
         epoch = current // steps_per_epoch
         epoch_end = (epoch + 1) * steps_per_epoch
-        _say(f"epoch {epoch + 1}/{cfg.train.epochs}")
-        progbar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        line.start(epoch)
         train_metrics.reset()
         start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
         wait_start = input_timer.seconds()
         while current < epoch_end:
             n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
+            why = "compiling the training loop" if not traced else profiler.upcoming(current)
+            if why:  # a slow call: say what it waits for instead of a stalled bar
+                line.waiting(current - epoch * steps_per_epoch, dict(values), why)
             if coordinator:  # parameter servers: closures scheduled on workers
                 results = steps.schedule_call(n, current + n >= epoch_end)
             else:  # marks, traces or unrolls the call when the profiler asks for it
@@ -198,7 +205,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             now = time.perf_counter()
             if now - last_draw > 0.2 or current == epoch_end:
                 values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
-                progbar.update(current - epoch * steps_per_epoch, values=values)
+                line.update(current - epoch * steps_per_epoch, dict(values), profiler.ms_per_step(epoch_steps, now - start))
                 last_draw = now
                 nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
             preempted = preemption()  # agreed by all workers of a multi-worker job
@@ -206,6 +213,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 nonfinite.after_loop(checkpointer.latest)  # never save past a stop
                 checkpointer.save(current)
             if preempted:
+                line.close()
                 for writer in writers.values():
                     writer.flush()
                 raise faults.Preempted(current, checkpointer.latest)
@@ -228,14 +236,21 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
                 tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
                 if input_timer.enabled:
                     tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
+        val = {}
         if "validation" in eval_datasets:
             val = steps.evaluate(eval_datasets["validation"])
             with writers["validation"].as_default(step=current):
                 for name, value in val.items():
                     tf.summary.scalar(name, value)
-            _say(f"validation loss {val['loss']:.4f} accuracy {val['accuracy']:.4f}")
+        if skip_seconds:
+            line.note(f"profiler calls {skip_seconds:.1f} s, not counted")
+        ms = 1000 * epoch_seconds / epoch_steps if epoch_steps else None
+        history.append({"epoch": epoch + 1, "step": current, **result, **{f"val_{k}": v for k, v in val.items()},
+                        "examples_per_sec": epoch_steps * global_batch / epoch_seconds if epoch_steps else None})
+        line.end({k: v for k, v in history[-1].items() if k not in ("epoch", "step", "examples_per_sec")}, ms)
         if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
             checkpointer.save(current)
+            result_lib.write_history(outdir, history)  # matches the checkpoint a resume starts from
     for writer in writers.values():
         writer.flush()
     profiler.finish(cfg)
@@ -245,6 +260,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     final = steps.evaluate(eval_datasets[split])
 
     # ---------------------------------------------------------------- Export
+    custom.compile_for_export(model, cfg, strategy)  # loads ready for predict and evaluate
     model.save(outdir / "model.keras")
 
     # ---------------------------------------------------------------- Report
@@ -265,6 +281,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
     with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
+    result_lib.write_history(outdir, history)
     strategies.cleanup_output_dir(outdir, workdir)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
     _say(
@@ -272,4 +289,4 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         f"{eps} examples/sec, {metrics['steps']} steps, weights {metrics['weights_sha256'][:12]} -> "
         + (str(workdir) if outdir == workdir else "(not the chief: outputs discarded)")
     )
-    return metrics
+    return result_lib.Result(metrics, history, model, workdir, profiler.report)

@@ -1,0 +1,209 @@
+"""Your own model and data in tfpipe's loop: what `tfpipe.train(cfg, model=..., data=...)` adds.
+
+- `model=`: a `keras.Model`, or a builder called as
+  `builder(input_shape, num_classes, **model.params)` (or `builder()`), in
+  the strategy's scope. A finished model works under the default strategy;
+  under `mirrored` and the others its variables must be created in the
+  strategy's scope, so pass a builder there.
+- `data=`: see `tfpipe.data.memory`; the config's `data.source` becomes
+  `python` for the run.
+- the workdir: `None` makes a fresh `runs/<name>-<time>`; in a notebook an
+  existing run directory is not resumed unless `resume=True` (a cell run
+  twice trains twice), elsewhere it is (as the command line does).
+- a workdir whose run is finished is not trained again: the saved results
+  come back, and the run says so.
+- the exported `model.keras` is compiled with the run's loss and accuracy,
+  so `keras.models.load_model` gives a model ready for predict and evaluate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+
+from tfpipe import config as config_lib
+
+
+def _say(msg: str) -> None:
+    print(f"[tfpipe] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- workdir
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter/IPython kernel (Colab included)."""
+    return "ipykernel" in sys.modules
+
+
+def run_name(cfg, model) -> str:
+    """Names a fresh run directory: the model's name."""
+    name = getattr(model, "name", None) or getattr(model, "__name__", None) or cfg.model.name
+    return str(name).rpartition(":")[2].replace("<", "").replace(">", "") or "run"
+
+
+def has_run(workdir: Path) -> bool:
+    return (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
+
+
+def choose_workdir(workdir, name: str, resume: bool | None) -> Path:
+    """The run directory: given, or a fresh one; see the module docstring.
+
+    Args:
+        workdir: a path, or None for `runs/<name>-<time>`.
+        name: names the fresh directory (the model's name).
+        resume: True resumes an existing run, False never does (a fresh
+            sibling directory instead), None resumes except in a notebook.
+    """
+    stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if workdir is None:
+        return _unique(Path("runs") / f"{name}-{stamp}")
+    workdir = Path(workdir)
+    if resume is None:
+        resume = not in_notebook()
+    if has_run(workdir) and not resume:
+        fresh = _unique(workdir.with_name(f"{workdir.name}-{stamp}"))
+        _say(f"{workdir} holds an earlier run; training afresh in {fresh} (resume=True continues the earlier run)")
+        return fresh
+    return workdir
+
+
+def _unique(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+# ---------------------------------------------------------------- data
+
+
+def with_data(cfg, data):
+    """(cfg, splits): the config pointed at `data=` (source `python`) and its `Source`s; (cfg, None) without."""
+    if data is None:
+        return cfg, None
+    from tfpipe.data import memory  # pylint: disable=import-outside-toplevel
+
+    try:
+        splits = memory.convert(data, cfg.data, cfg.train.steps_per_epoch)
+    except memory.DataArgumentError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    return config_lib.replace(cfg, data=dataclasses.replace(cfg.data, source="python", check="off")), splits
+
+
+def check_labels(loss: str, label_spec) -> None:
+    """Categorical cross-entropy wants one-hot labels: say so before the step fails inside tf.function."""
+    if loss == "categorical_crossentropy" and label_spec.shape.rank is not None and label_spec.shape.rank <= 1:
+        raise config_lib.ConfigError(
+            f"model.loss: categorical_crossentropy expects one-hot labels, got labels of shape {label_spec.shape} "
+            "(class ids); add {op: one_hot, num_classes: N} to data.map.steps or use sparse_categorical_crossentropy"
+        )
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(model, cfg, features_spec, num_classes: int, strategy):
+    """The model to train, created in the current (strategy) scope.
+
+    Args:
+        model: None (build `model.name` with `model.params`), a `keras.Model`,
+            or a builder callable.
+        features_spec: the training batches' feature `TypeSpec`(s).
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tfpipe import models  # pylint: disable=import-outside-toplevel
+
+    input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
+    if model is None:
+        try:
+            return models.build(cfg.model.name, input_shape, num_classes, cfg.model.params)
+        except (TypeError, ValueError) as e:  # a model.params value the builder cannot take
+            raise config_lib.ConfigError(f"model.params for {cfg.model.name!r}: {_one_line(e)}") from None
+    if not isinstance(model, keras.Model):
+        if not callable(model):
+            raise config_lib.ConfigError(f"model: expected a keras.Model or a builder function, got {type(model).__name__}")
+        model = _call_builder(model, input_shape, num_classes, cfg.model.params)
+    if not model.built:
+        # Variables must exist before the compiled step (and the checkpoint) sees the model.
+        model(tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape[1:]], s.dtype), features_spec))
+    outside = [v.path for v in model.variables if not strategy.extended.variable_created_in_scope(v)]
+    if outside and tf.distribute.has_strategy():
+        raise config_lib.ConfigError(
+            f"model: its variables ({outside[0]}, ...) were created outside runtime.strategy's scope; "
+            "pass a builder function (model=lambda input_shape, num_classes: ...) so tfpipe builds it there"
+        )
+    return model
+
+
+def _call_builder(fn, input_shape, num_classes, params):
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    name = getattr(fn, "__qualname__", repr(fn))
+    if sig is not None and not sig.parameters:
+        built = fn()
+    else:
+        try:
+            built = fn(input_shape, num_classes, **params)
+        except TypeError as e:
+            raise config_lib.ConfigError(
+                f"model: the builder {name} must take (input_shape, num_classes, **model.params) or nothing: {_one_line(e)}"
+            ) from None
+    import keras  # pylint: disable=import-outside-toplevel
+
+    if not isinstance(built, keras.Model):
+        raise config_lib.ConfigError(f"model: the builder {name} returned {type(built).__name__}, expected a keras.Model")
+    return built
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+# ---------------------------------------------------------------- export
+
+
+def compile_for_export(model, cfg, strategy) -> None:
+    """Compiles `model` with the run's loss and accuracy (and a fresh optimizer of the
+    configured kind) so the saved `model.keras` loads ready for predict and evaluate.
+
+    The optimizer's trained slots stay in the checkpoints, not in model.keras.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from tfpipe.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
+
+    try:
+        with strategy.scope():
+            optimizer = keras.optimizers.get(
+                {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
+            )
+            model.compile(optimizer=optimizer, loss=cfg.model.loss,
+                          metrics=[steps_lib._ACCURACY[cfg.model.loss](name="accuracy")])  # pylint: disable=protected-access
+    except Exception as e:  # pylint: disable=broad-except  # observability-grade: the weights are what matter
+        _say(f"warning: model.keras is saved uncompiled ({type(e).__name__}: {_one_line(e)})")
+
+
+# ---------------------------------------------------------------- finished runs
+
+
+def finished(workdir: Path, model, total_steps: int):
+    """The saved results of a run that is done; says so."""
+    from tfpipe.train import result as result_lib  # pylint: disable=import-outside-toplevel
+
+    metrics = json.loads((workdir / "metrics.json").read_text(encoding="utf-8"))
+    _say(
+        f"{workdir} already holds a finished run ({metrics.get('steps', total_steps)} of {total_steps} steps): "
+        "nothing to train; returning its saved results. Use a new workdir (or raise train.epochs) to train more"
+    )
+    return result_lib.Result.load(workdir, model=model)
