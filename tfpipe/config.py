@@ -251,11 +251,12 @@ class ModelConfig:
     name: str = "mlp"
     # Keyword arguments of the builder; checked against its signature.
     params: dict = _field({})
-    # Sparse by default: every source yields integer class ids, so a config
-    # without a one_hot step trains (categorical needs one-hot labels).
+    # auto: sparse_categorical_crossentropy for class-id labels,
+    # categorical_crossentropy for one-hot ones (after a one_hot step); decided
+    # from the training batches' label shape, so load_config() alone trains.
     loss: str = _field(
-        "sparse_categorical_crossentropy",
-        choices=("categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy"),
+        "auto",
+        choices=("auto", "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy"),
     )
 
 

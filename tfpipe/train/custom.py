@@ -12,8 +12,9 @@
   twice trains twice), elsewhere it is (as the command line does).
 - a workdir whose run is finished is not trained again: the saved results
   come back, and the run says so.
-- the exported `model.keras` is compiled with the run's loss and accuracy,
-  so `keras.models.load_model` gives a model ready for predict and evaluate.
+- the exported `model.keras` is a compiled copy (the run's loss and
+  accuracy), so `keras.models.load_model` gives a model ready for predict
+  and evaluate; the same copy is the `Result`'s model.
 """
 
 from __future__ import annotations
@@ -97,13 +98,24 @@ def with_data(cfg, data):
     return config_lib.replace(cfg, data=dataclasses.replace(cfg.data, source="python", check="off")), splits
 
 
-def check_labels(loss: str, label_spec) -> None:
-    """Categorical cross-entropy wants one-hot labels: say so before the step fails inside tf.function."""
-    if loss == "categorical_crossentropy" and label_spec.shape.rank is not None and label_spec.shape.rank <= 1:
+def resolve_loss(cfg, label_spec):
+    """`cfg` with `model.loss: auto` decided from the label shape of a training batch.
+
+    Class ids (shape [batch]) get sparse categorical cross-entropy, one-hot
+    labels ([batch, classes]) categorical. Categorical cross-entropy asked for
+    with class ids is a `ConfigError` here rather than a shape error inside
+    `tf.function`.
+    """
+    loss, rank = cfg.model.loss, label_spec.shape.rank
+    if loss == "auto":
+        loss = "categorical_crossentropy" if rank is not None and rank >= 2 else "sparse_categorical_crossentropy"
+        return config_lib.replace(cfg, model=dataclasses.replace(cfg.model, loss=loss))
+    if loss == "categorical_crossentropy" and rank is not None and rank <= 1:
         raise config_lib.ConfigError(
             f"model.loss: categorical_crossentropy expects one-hot labels, got labels of shape {label_spec.shape} "
-            "(class ids); add {op: one_hot, num_classes: N} to data.map.steps or use sparse_categorical_crossentropy"
+            "(class ids); add {op: one_hot, num_classes: N} to data.map.steps or use model.loss: auto"
         )
+    return cfg
 
 
 # ---------------------------------------------------------------- model
@@ -135,8 +147,11 @@ def build_model(model, cfg, features_spec, num_classes: int, strategy):
     if not model.built:
         # Variables must exist before the compiled step (and the checkpoint) sees the model.
         model(tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape[1:]], s.dtype), features_spec))
-    outside = [v.path for v in model.variables if not strategy.extended.variable_created_in_scope(v)]
-    if outside and tf.distribute.has_strategy():
+    # Under the default strategy any variable will do; under the others each
+    # must be a distributed variable created in scope (Keras wraps the TF one in `.value`).
+    in_scope = strategy.extended.variable_created_in_scope
+    outside = [v.path for v in model.variables if not in_scope(getattr(v, "value", v))] if tf.distribute.has_strategy() else []
+    if outside:
         raise config_lib.ConfigError(
             f"model: its variables ({outside[0]}, ...) were created outside runtime.strategy's scope; "
             "pass a builder function (model=lambda input_shape, num_classes: ...) so tfpipe builds it there"
@@ -173,11 +188,17 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------- export
 
 
-def compile_for_export(model, cfg, strategy) -> None:
-    """Compiles `model` with the run's loss and accuracy (and a fresh optimizer of the
-    configured kind) so the saved `model.keras` loads ready for predict and evaluate.
+def export(model, cfg, strategy, path):
+    """Saves a compiled copy of `model` to `path` and returns it.
 
-    The optimizer's trained slots stay in the checkpoints, not in model.keras.
+    The copy (same weights) is compiled with the run's loss, its accuracy
+    and a built optimizer of the configured kind, so `keras.models.load_model`
+    gives a model ready for predict and evaluate, without warnings about
+    optimizer variables. A copy, because compiling the trained model itself
+    would attach an optimizer that its checkpoints do not hold (training the
+    same model object again would then fail to restore). The optimizer's
+    trained slots stay in the checkpoints. A model Keras cannot clone (a
+    subclassed model without get_config) is saved uncompiled, with a warning.
     """
     import keras  # pylint: disable=import-outside-toplevel
 
@@ -185,20 +206,26 @@ def compile_for_export(model, cfg, strategy) -> None:
 
     try:
         with strategy.scope():
+            copy = keras.models.clone_model(model)
+            copy.set_weights(model.get_weights())
             optimizer = keras.optimizers.get(
                 {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
             )
-            model.compile(optimizer=optimizer, loss=cfg.model.loss,
-                          metrics=[steps_lib._ACCURACY[cfg.model.loss](name="accuracy")])  # pylint: disable=protected-access
-    except Exception as e:  # pylint: disable=broad-except  # observability-grade: the weights are what matter
+            accuracy = steps_lib._ACCURACY[cfg.model.loss](name="accuracy")  # pylint: disable=protected-access
+            copy.compile(optimizer=optimizer, loss=cfg.model.loss, metrics=[accuracy])
+            optimizer.build(copy.trainable_variables)
+    except Exception as e:  # pylint: disable=broad-except  # the weights are what matter
         _say(f"warning: model.keras is saved uncompiled ({type(e).__name__}: {_one_line(e)})")
+        copy = model
+    copy.save(path)
+    return copy
 
 
 # ---------------------------------------------------------------- finished runs
 
 
-def finished(workdir: Path, model, total_steps: int):
-    """The saved results of a run that is done; says so."""
+def finished(workdir: Path, total_steps: int):
+    """The saved results of a run that is done (its model from model.keras); says so."""
     from tfpipe.train import result as result_lib  # pylint: disable=import-outside-toplevel
 
     metrics = json.loads((workdir / "metrics.json").read_text(encoding="utf-8"))
@@ -206,4 +233,4 @@ def finished(workdir: Path, model, total_steps: int):
         f"{workdir} already holds a finished run ({metrics.get('steps', total_steps)} of {total_steps} steps): "
         "nothing to train; returning its saved results. Use a new workdir (or raise train.epochs) to train more"
     )
-    return result_lib.Result.load(workdir, model=model)
+    return result_lib.Result.load(workdir)

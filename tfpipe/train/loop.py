@@ -117,7 +117,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         train_data = inputs.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     features_spec, labels_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec
-    custom.check_labels(cfg.model.loss, labels_spec)
+    cfg = custom.resolve_loss(cfg, labels_spec)  # model.loss: auto -> sparse or categorical
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
@@ -164,7 +164,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
     if int(step) >= total_steps and (workdir / "metrics.json").exists():
-        return custom.finished(workdir, model, total_steps)
+        return custom.finished(workdir, total_steps)
     train_data.start(int(step), checkpointer.latest)
 
     # ---------------------------------------------------------------- Loop
@@ -260,8 +260,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     final = steps.evaluate(eval_datasets[split])
 
     # ---------------------------------------------------------------- Export
-    custom.compile_for_export(model, cfg, strategy)  # loads ready for predict and evaluate
-    model.save(outdir / "model.keras")
+    exported = custom.export(model, cfg, strategy, outdir / "model.keras")  # compiled: predict and evaluate
 
     # ---------------------------------------------------------------- Report
     metrics = {
@@ -289,4 +288,4 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         f"{eps} examples/sec, {metrics['steps']} steps, weights {metrics['weights_sha256'][:12]} -> "
         + (str(workdir) if outdir == workdir else "(not the chief: outputs discarded)")
     )
-    return result_lib.Result(metrics, history, model, workdir, profiler.report)
+    return result_lib.Result(metrics, history, exported, workdir, profiler.report)

@@ -74,9 +74,7 @@ class Result(collections.abc.Mapping):
     # -- pictures
     def plot(self):
         """Loss and accuracy per epoch, training and validation: a `matplotlib.figure.Figure`."""
-        from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-
-        fig = Figure(figsize=(10, 3.5))
+        fig = _figure(figsize=(10, 3.5))
         axes = fig.subplots(1, 2)
         epochs = [h["epoch"] for h in self.history]
         for ax, name in zip(axes, ("loss", "accuracy")):
@@ -122,6 +120,22 @@ def write_history(workdir, history: list) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(history, indent=1), encoding="utf-8")
     tmp.replace(path)
+
+
+def _figure(**kwargs):
+    """A `matplotlib.figure.Figure` that a notebook shows as PNG even without pyplot.
+
+    IPython's inline display of figures is switched on by pyplot; a Figure
+    made without it would show as `<Figure size ...>` text, so this one
+    carries its own `_repr_png_`.
+    """
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+
+    class ShownFigure(Figure):
+        def _repr_png_(self):
+            return _png(self)
+
+    return ShownFigure(**kwargs)
 
 
 def _fmt(v) -> str:
