@@ -3,6 +3,9 @@ data arguments, the per-epoch line, and matplotlib left alone."""
 
 import io
 import os
+import sys
+import types
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -134,3 +137,19 @@ def test_own_keras_model_on_arrays_then_a_finished_workdir_is_not_trained_again(
     assert "already holds a finished run (6 of 6 steps): nothing to train" in capsys.readouterr().out
     assert dict(again) == dict(result) and again["examples_per_sec"] is not None
     assert again.history == result.history
+
+
+def test_a_notebook_gets_a_fresh_workdir_unless_asked_to_resume(tmp_path, monkeypatch, capsys):
+    from tfpipe.train import custom  # pylint: disable=import-outside-toplevel
+
+    old = tmp_path / "run"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "checkpoint").write_text("")
+    assert custom.choose_workdir(old, "mlp", None) == old  # a script resumes, as the command line does
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    fresh = custom.choose_workdir(old, "mlp", None)
+    assert fresh != old and fresh.name.startswith("run-") and not fresh.exists()
+    assert f"{old} holds an earlier run; training afresh in {fresh}" in capsys.readouterr().out
+    assert custom.choose_workdir(old, "mlp", True) == old
+    monkeypatch.chdir(tmp_path)
+    assert custom.choose_workdir(None, "mlp", None).parent == Path("runs")

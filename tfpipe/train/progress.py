@@ -97,8 +97,10 @@ class EpochLine:
         self._notes.append(text)
 
     def print(self, message: str) -> None:
-        """Prints a line of its own without mangling the live line."""
-        self._newline()
+        """Prints a line of its own: the live line is wiped first and redrawn at the next update."""
+        if self._live:
+            self.stream.write("\r" + " " * self._live + "\r")
+            self._live = 0
         print(message, file=self.stream, flush=True)
 
     def end(self, values: dict, ms_per_step) -> None:
