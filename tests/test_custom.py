@@ -3,6 +3,7 @@ data arguments, the per-epoch line, and matplotlib left alone."""
 
 import io
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -153,3 +154,17 @@ def test_a_notebook_gets_a_fresh_workdir_unless_asked_to_resume(tmp_path, monkey
     assert custom.choose_workdir(old, "mlp", True) == old
     monkeypatch.chdir(tmp_path)
     assert custom.choose_workdir(None, "mlp", None).parent == Path("runs")
+
+
+def test_tensorflow_start_up_lines_are_filtered_unless_asked_for(tmp_path):
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    code = "import tfpipe, tensorflow as tf; tf.constant(1) + 1; print('ran')"
+    cpp = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|All log messages before absl::InitializeLog", re.M)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFPIPE_TF_LOGS")}
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True)
+    loud = subprocess.run([sys.executable, "-c", code], env={**env, "TFPIPE_TF_LOGS": "1"}, capture_output=True,
+                          text=True, timeout=300, check=True)
+    assert quiet.stdout == loud.stdout == "ran\n"
+    assert not cpp.search(quiet.stderr), quiet.stderr
+    assert cpp.search(loud.stderr), loud.stderr  # this CPU-only machine: cudart_stub, cuInit, CPU-feature banner

@@ -27,7 +27,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from tfpipe.data import sources
+from tfpipe.data import check, sources
 
 SPLITS = sources.SPLITS
 _current: dict | None = None  # split -> Source, for the run inside provide()
@@ -50,8 +50,8 @@ def provide(splits: dict):
 
 def source(data_cfg, split: str) -> sources.Source:
     """`SOURCES["python"]`: the split handed over by `provide`."""
-    if _current is None:
-        raise ValueError(
+    if _current is None:  # e.g. the saved config.yaml of such a run, on the command line
+        raise check.DataError(
             "data.source: 'python' reads data given from Python (tfpipe.train(cfg, data=...)); "
             "this run was given none. Point data.source at files to run it from the command line"
         )
