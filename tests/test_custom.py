@@ -147,7 +147,10 @@ def test_a_notebook_gets_a_fresh_workdir_unless_asked_to_resume(tmp_path, monkey
     (old / "checkpoints").mkdir(parents=True)
     (old / "checkpoints" / "checkpoint").write_text("")
     assert custom.choose_workdir(old, "mlp", None) == old  # a script resumes, as the command line does
-    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # imported is not enough
+    assert custom.choose_workdir(old, "mlp", None) == old
+    kernel_shell = types.SimpleNamespace(kernel=object())  # what IPython.get_ipython() is in a notebook
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel_shell))
     fresh = custom.choose_workdir(old, "mlp", None)
     assert fresh != old and fresh.name.startswith("run-") and not fresh.exists()
     assert f"{old} holds an earlier run; training afresh in {fresh}" in capsys.readouterr().out

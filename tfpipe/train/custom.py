@@ -38,8 +38,14 @@ def _say(msg: str) -> None:
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter/IPython kernel (Colab included)."""
-    return "ipykernel" in sys.modules
+    """True inside a Jupyter/IPython kernel (Colab included).
+
+    Asked of the running IPython shell: a process that merely imported
+    ipykernel (a notebook runner, say) is not a notebook.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def run_name(cfg, model) -> str:

@@ -31,7 +31,9 @@ _BAR = 10
 
 
 def _dynamic(stream) -> bool:
-    if "ipykernel" in sys.modules:
+    from tfpipe.train import custom  # pylint: disable=import-outside-toplevel
+
+    if custom.in_notebook():
         return True
     return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
 
