@@ -91,6 +91,8 @@ def _short(e: Exception) -> str:
     msg = msg.split(" [Op:")[0].split("\n\t [[")[0]
     # tf.data prefixes map errors with the function node and the iterator path.
     msg = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", msg.strip())
+    if msg.startswith("Graph execution error"):  # "Detected at node X defined at ..." frames, then the reason
+        msg = [line for line in msg.splitlines() if line.strip()][-1]
     msg = re.sub(r"^Error in user-defined function passed to .*? transformation with iterator: \S+: ", "", msg)
     return " ".join(msg.split())
 
@@ -607,15 +609,16 @@ def explain(error: Exception, data_cfg, log=print, seconds: float = LOCATE_SECON
             check_split(full_cfg, split, report, deadline=deadline)
             if report.problems or time.monotonic() > deadline:
                 break
-    except DataError as e:
-        return DataError(f"{e} (TensorFlow: {reason})")
+    except (DataError, FileNotFoundError, ValueError) as e:
+        return DataError(f"{' '.join(str(e).split())} (TensorFlow: {reason})")
     if report.problems:
         more = len(report.problems) - 1
+        said = "" if reason in report.problems[0] else f"; TensorFlow said: {reason}"
         return DataError(f"bad input data during training: {report.problems[0]}"
-                         + (f" (and {more} more)" if more else "") + f"; TensorFlow said: {reason}. {WAYS_OUT}")
+                         + (f" (and {more} more)" if more else "") + f"{said}. To go on, {WAYS_OUT}")
     searched = "within" if time.monotonic() > deadline else "in"
     return DataError(f"the input pipeline failed during training: {reason}; a full check of the files {searched} "
-                     f"{seconds:.0f} s found no bad record to name. {WAYS_OUT}")
+                     f"{seconds:.0f} s found no bad record to name. To go on, {WAYS_OUT}")
 
 
 def names_bad_input(run):
@@ -631,7 +634,8 @@ def names_bad_input(run):
             return run(cfg, *args, **kwargs)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
             data_cfg = getattr(cfg, "data", None)
-            explained = explain(e, data_cfg, log=lambda m: print(f"[tfpipe] {m}", flush=True)) if data_cfg else None
+            # The leading newline ends a progress bar's line.
+            explained = explain(e, data_cfg, log=lambda m: print(f"\n[tfpipe] {m}", flush=True)) if data_cfg else None
             if explained is None:
                 raise
             raise explained from e

@@ -216,7 +216,8 @@ def build(
     # Raw records are single tensors; parse makes them (features, label).
     parse = [lambda record, _, p=source.parse: p(record)] if source.parse is not None else []
     # Labels are checked where they enter (right after parse), float features
-    # where the model takes them (the finished batch); data.check: off drops both.
+    # where the model takes them (the finished batch); data.check: off drops
+    # both. Both are Asserts, which tf.data can still checkpoint.
     checks = data_cfg.check != "off"
     if checks and parse and source.num_classes > 0:
         batched = vectorized and source.parse_batchable
@@ -281,8 +282,10 @@ def build(
     else:
         ds = ds.batch(batch_size, drop_remainder=drop)
     # The finite check joins the last batch-level map when there is one (no
-    # extra tf.data stage), else it is a map of its own over batches.
-    finite = [guards.finite(split, ignore_errors)] if checks else []
+    # extra tf.data stage), else it is a map of its own over batches. Only
+    # file sources get it: preflight reads in-memory arrays whole (a stage
+    # of its own cost the digits MLP's input ~10%, BENCHMARKS.md).
+    finite = [guards.finite(split, ignore_errors)] if checks and source.reader is not None else []
     if fns_tail:
         # The trailing batch-capable steps (flip, normalize, ...) run once per
         # batch instead of once per example.
