@@ -68,7 +68,8 @@ def test_ignore_errors_counts_every_record_lost_after_tfrecord_damage(tmp_path, 
     open(shard, "wb").write(bytes(data))
     cfg = image_cfg(tmp_path, images, check="full", ignore_errors=True)
     logged = []
-    assert check.preflight(cfg, log=logged.append).bad_records == 10
+    report = check.preflight(cfg, log=logged.append)
+    assert report.bad_records == 10 and report.names == [f"{shard}: record 2"]  # for metrics.json
     assert "records 2-11 of this file are lost" in logged[-1]  # after the "looked at" line
     n = sum(int(y.shape[0]) for _, y in pipeline.build(cfg, "train", 4, training=False))
     assert n == 24 - 10

@@ -578,16 +578,27 @@ def _size_hint(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# An evaluation loop over a dataset compiles to ReduceDataset, where a model
+# error would nest too: there only a failing data op counts as the input's.
+_DATA_OP = re.compile(r"\{\{node [^}]*(Decode|Parse|ExtractJpegShape|ReadFile|StringToNumber)")
+
+
+def _from_input(message: str) -> bool:
+    """Whether a TF error message comes from the input pipeline (not the model)."""
+    return (guards.TAG in message or "IteratorGetNext" in message
+            or ("ReduceDataset" in message and bool(_DATA_OP.search(message))))
+
+
 def explain(error: Exception, data_cfg, log=print, seconds: float = LOCATE_SECONDS) -> DataError | None:
     """A one-line `DataError` naming the bad file for a TF error from the input pipeline, else None.
 
-    The error must come from the input (an `IteratorGetNext` failed, or a
-    `guards` check fired). The full check then runs over the splits, at
+    The error must come from the input (an `IteratorGetNext` failed, a data
+    op inside an evaluation loop's `ReduceDataset`, or a `guards` check). The full check then runs over the splits, at
     most `seconds`, to find the record; for an image folder the files of the
     size TF's decoder names are checked first, which finds it at once.
     """
     message = getattr(error, "message", None) or str(error)
-    if guards.TAG not in message and "IteratorGetNext" not in message:
+    if not _from_input(message):
         return None
     reason = _short(error).replace(f"{guards.TAG}: ", "")
     reason = re.sub(r"^assertion failed: \[(.*)\]$", r"\1", reason).replace("] [", " ")
