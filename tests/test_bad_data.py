@@ -241,6 +241,24 @@ def test_truncated_tfrecord_is_caught_by_quick(tmp_path):
         check.preflight(cfg.data, log=lambda _: None)
 
 
+def test_tfrecord_label_past_the_quick_window_is_stopped_on_the_batch(tmp_path, monkeypatch):
+    # No step changes the labels here, so the in-graph check runs once per batch.
+    monkeypatch.setattr(check, "QUICK_RECORDS", 1)
+    info = workloads.images(str(tmp_path / "img"), num_images=8, size=32, num_shards=1, test_fraction=0.0, log=None)
+    shard = os.path.join(info["tfrecord"], "train-00000-of-00001.tfrecord")
+    records = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shard)]
+    records[5].features.feature["label"].int64_list.value[0] = 12  # the spec says 10 classes
+    with tf.io.TFRecordWriter(shard) as w:
+        for r in records:
+            w.write(r.SerializeToString())
+    cfg = _cfg(tmp_path, {"source": "tfrecord", "files": {"train": shard}, "tfrecord": {"spec_file": info["spec"]},
+                          "cache": "", "map": {"steps": [{"op": "decode_image"}]}})
+    assert check.preflight(cfg.data, log=lambda _: None).problems == []
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"label outside \[0, 10\).*labels here span\D+\d+\D+12"):
+        for _ in pipeline.build(cfg.data, "train", 4, training=False):
+            pass
+
+
 # ---------------------------------------------------------------- through the script
 
 
