@@ -3,8 +3,8 @@
 Preflight (`tfpipe/data/check.py`) reads what it can before training; what
 it did not read is checked inside the pipeline, where every record passes:
 
-- `labels(num_classes, split)`: right after parse, class labels must be
-  integers in `[0, num_classes)` (0/1 for two classes, which is what binary
+- `labels(num_classes, split)`: right after parse (or on the batch when no
+  step changes the labels), class labels must be integers in `[0, num_classes)` (0/1 for two classes, which is what binary
   cross-entropy takes). File sources only: in-memory arrays are checked
   whole at preflight.
 - `finite(split)`: on the finished batch of a file source (CSV, TFRecord),
