@@ -442,3 +442,21 @@ def test_not_input_bound_names_dispatch_or_compute(other, cause):
         assert recs[0]["key"] == "train.steps_per_loop" and recs[0]["value"] >= 50, recs
     else:
         assert recs[0]["key"] is None and "model side" in recs[0]["why"], recs
+
+
+@pytest.mark.slow
+def test_short_run_window_moves_earlier_and_spans_epochs(tmp_path):
+    # 80 steps in calls of 40 (the epoch's end cuts steps_per_loop=50): the
+    # window asked for at step 200 would never open, and 40 traced steps in
+    # calls of 2 do not fit in one epoch. The window moves, pauses at the
+    # epoch end, resumes, and holds at least 20 markers.
+    cfg = tfpipe.load_config(str(ROOT / "configs/digits_mlp.yaml"), overrides=[
+        "train.epochs=2", "profile.start_step=200", "profile.num_steps=40",
+    ])  # fmt: skip
+    tfpipe.train(cfg, tmp_path)
+    result = json.loads((tmp_path / "report.json").read_text())
+    assert "moved to step" in result["window_note"], result["window_note"]
+    assert len(result["profile_dirs"]) == 2, result["profile_dirs"]
+    assert result["markers"] >= 20, result["markers"]
+    assert result["cause"] in report.CAUSES and result["recommendations"], result
+    assert result["input_wait_fraction_always_on"] is not None
