@@ -421,10 +421,14 @@ def test_measurement_off_leaves_no_fraction(tmp_path):
     assert np.isfinite(metrics["loss"])
 
 
-@pytest.mark.parametrize("other, cause", [(0.6, "dispatch"), (0.05, "compute")])
-def test_not_input_bound_names_dispatch_or_compute(other, cause):
-    # 0.4 ms steps, 2% waiting: the model side. Most of a step neither input
-    # nor compute is per-call dispatch, and the first advice is more steps per call.
+@pytest.mark.parametrize(
+    "steps_per_loop, step_ms, other, cause",
+    [(1, 0.4, 0.05, "dispatch"), (50, 10.0, 0.6, "dispatch"), (50, 10.0, 0.05, "compute")],
+)
+def test_not_input_bound_names_dispatch_or_compute(steps_per_loop, step_ms, other, cause):
+    # 2% waiting: the model side. Calls of one 0.4 ms step, or steps mostly
+    # neither input nor compute, are per-call dispatch, and the first advice
+    # is more steps per call; 0.5 s calls of plain compute are compute.
     profile = {
         "shares": {"input": 0.02, "host_compute": 0.98 - other, "device_compute": 0.0, "other": other},
         "input_share": 0.02,
@@ -432,14 +436,14 @@ def test_not_input_bound_names_dispatch_or_compute(other, cause):
         "slowest_input_stages": [],
         "steps_per_marker": 5,
         "markers": 20,
-        "step_time_ms": {"mean": 0.4},
+        "step_time_ms": {"mean": step_ms},
     }
-    cfg = {"train": {"steps_per_loop": 1}, "data": {"prefetch": -1}}
+    cfg = {"train": {"steps_per_loop": steps_per_loop}, "data": {"prefetch": -1}}
     found, _ = report.diagnose(profile, cfg)
     assert found == cause
     recs = report.recommend({**profile, "cause": found}, cfg)
     if cause == "dispatch":
-        assert recs[0]["key"] == "train.steps_per_loop" and recs[0]["value"] >= 50, recs
+        assert recs[0]["key"] == "train.steps_per_loop" and recs[0]["value"] > steps_per_loop, recs
     else:
         assert recs[0]["key"] is None and "model side" in recs[0]["why"], recs
 
