@@ -229,11 +229,15 @@ class DataConfig:
     padded_batch: bool = False
     # -1 is tf.data.AUTOTUNE, 0 turns prefetching off.
     prefetch: int = _field(-1, min=-1)
+    # Measuring only: train on the first batch, cached and repeated (the
+    # tf.data paper's "perfect input" bound; benchmarks/diagnosis.py).
+    repeat_one_batch: bool = False
     deterministic: bool = True
     options: OptionsConfig = _section(OptionsConfig)
     # Preflight before training: "full" reads every record (and decodes every
-    # image) to find bad ones, "quick" checks files, headers and the first
-    # record, "off" skips it.
+    # image) to find bad ones, "quick" checks every image header, TFRecord
+    # framing and the first records/lines (bounded time), "off" skips it and
+    # the in-graph label and NaN/inf checks (tfpipe/data/guards.py).
     check: str = _field("quick", choices=("full", "quick", "off"))
     # Skip bad records instead of failing; needs check: full, which counts them.
     ignore_errors: bool = False

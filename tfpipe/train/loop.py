@@ -51,6 +51,7 @@ def _input_mode(cfg) -> str:
     return "replay"
 
 
+@check.names_bad_input  # a TF error from the input pipeline -> one line naming the file
 def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> result_lib.Result:
     """Trains, evaluates and exports the model `cfg` describes.
 
@@ -105,8 +106,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
 
-    def input_fn(split, training):
-        return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
+    def input_fn(split, training, stamp=False):
+        return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training, stamp=stamp)
 
     eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
     if coordinator:
@@ -114,7 +115,11 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         # The coordinator evaluates inline, reading the variables from the ps tasks.
         eval_datasets = {split: pipeline.build(cfg.data, split, global_batch, training=False) for split in eval_splits}
     else:
-        train_data = inputs.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
+        # Stamped: each batch carries when it was ready, for the input-wait timer.
+        stamp = cfg.profile.measure_input_wait
+        train_data = inputs.TrainInput(
+            strategy, _input_mode(cfg), input_fn("train", True, stamp), cfg.data, stamped=stamp
+        )
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     features_spec, labels_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec
     cfg = custom.resolve_loss(cfg, labels_spec)  # model.loss: auto -> sparse or categorical
@@ -166,6 +171,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     if int(step) >= total_steps and (workdir / "metrics.json").exists():
         return custom.finished(workdir, total_steps)
     train_data.start(int(step), checkpointer.latest)
+    profiler.plan(total_steps, int(step), steps_per_epoch)  # a run too short for the window gets it earlier
 
     # ---------------------------------------------------------------- Loop
     writers = {
@@ -188,7 +194,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         wait_start = input_timer.seconds()
         while current < epoch_end:
             n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
-            why = "compiling the training loop" if not traced else profiler.upcoming(current)
+            why = "compiling the training loop" if not traced else profiler.upcoming(current, n)
             if why:  # a slow call: say what it waits for instead of a stalled bar
                 line.waiting(current - epoch * steps_per_epoch, dict(values), why)
             if coordinator:  # parameter servers: closures scheduled on workers
@@ -277,7 +283,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     }
     if cfg.data.ignore_errors:
         metrics["skipped_records"] = data_report.bad_records
-        _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
+        metrics["skipped_examples"] = data_report.names
+        check.summarize_skipped(data_report, writers["train"], step=int(step))
+        _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records"
+             + (f", first: {', '.join(data_report.names)}" if data_report.names else "") + " (listed at start-up)")
     with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     result_lib.write_history(outdir, history)
