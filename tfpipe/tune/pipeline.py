@@ -487,7 +487,7 @@ def chart(result: dict, path) -> None:
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
     ran = [t for t in result["trials"] if t.get("ran")]
-    labels = ["start"] + [t["label"] for t in ran]
+    labels = ["start"] + [t["label"] + ("" if t.get("status") == "ok" else f" ({t.get('status')})") for t in ran]
     values = [result["start"]["examples_per_sec"]] + [t.get("examples_per_sec") or 0 for t in ran]
     colors = ["#777777"] + ["#2a9d4a" if t["kept"] else ("#c0392b" if t.get("status") != "ok" else "#bbbbbb")
                             for t in ran]

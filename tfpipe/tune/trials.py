@@ -10,7 +10,8 @@ its figure is the median over runs and its noise the run-to-run spread.
 
 Every finished run is appended to a JSON store, keyed by what was measured
 (config file contents, overrides, window settings, run index), so a tuning
-session that is interrupted and started again repeats no finished run.
+session that is interrupted and started again repeats no finished run (runs
+that timed out are tried again; crashes are not).
 Each run prints one progress line.
 
 Example:
@@ -161,7 +162,9 @@ class Runner:
         key = self._key(kind, overrides, index, profile)
         known = self.store.get(key)
         label = label or (" ".join(overrides) or "as configured")
-        if known is not None:
+        # A run that timed out is tried again on resume (a busy machine may
+        # have been the cause); a crash or an out-of-memory kill is not.
+        if known is not None and known["status"] != "timeout":
             self.log(f"{label} run {index + 1}: {_describe(known)} (done before, from {self.store.path.name})")
             return {**known, "cached": True}
         record = self._spawn(kind, overrides, key, profile)

@@ -55,13 +55,14 @@ class _Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def _trainer(cfg, dataset_fn=None):
+def _trainer(cfg):
     """Model, optimizer, input and compiled steps as `tfpipe.train.loop.run` sets them up.
+
+    (The loop's Setup, Input and Model phases without checkpoints, logs or
+    evaluation; keep the two in step when the loop changes.)
 
     Args:
         cfg: the trial's `Config`.
-        dataset_fn: `InputContext | None -> Dataset`; default the config's
-            training pipeline. The ceiling's model half passes one cached batch.
 
     Returns:
         `(steps, steps_per_epoch)`.
@@ -85,10 +86,11 @@ def _trainer(cfg, dataset_fn=None):
     strategies.check_batch(batch, strategy)
     train_source = sources.load(cfg.data, "train")
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / batch)
-    if dataset_fn is None:
-        dataset_fn = lambda ctx: pipeline.build(cfg.data, "train", batch, ctx, training=True)  # noqa: E731
+    # Stamped batches, as the loop builds them: the input-wait timer reads the stamps.
+    stamp = cfg.profile.measure_input_wait
+    dataset_fn = lambda ctx: pipeline.build(cfg.data, "train", batch, ctx, training=True, stamp=stamp)  # noqa: E731
     mode = cfg.checkpoint.input if not cfg.data.service.address else "replay"
-    train_data = inputs.TrainInput(strategy, mode, dataset_fn, cfg.data)
+    train_data = inputs.TrainInput(strategy, mode, dataset_fn, cfg.data, stamped=stamp)
     features_spec = pipeline.build(cfg.data, "train", batch, training=False).element_spec[0]
     lr = strategies.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
     with strategy.scope():
@@ -181,13 +183,23 @@ def _profile(call: _Calls, profile_dir) -> dict | None:
     from tfpipe.profile import trace  # pylint: disable=import-outside-toplevel
 
     cfg = call.cfg
-    profile_cfg = dataclasses.replace(cfg.profile, enabled=True, start_step=call.current, server_port=0)
+    # 20 traced steps at most (the report's minimum of markers): tracing a
+    # per-element pipeline records every element, and a long window of a
+    # slow config would cost minutes for the same diagnosis.
+    num_steps = min(cfg.profile.num_steps, 20)
+    profile_cfg = dataclasses.replace(cfg.profile, enabled=True, start_step=call.current, server_port=0,
+                                      num_steps=num_steps)
     call.profiler = trace.Profiler(profile_cfg, profile_dir, call.steps.input_timer)
-    # One warm-up call compiles the unrolled loop, then enough calls for the
-    # window, plus one to close it.
+    # As if the run went on for long: the window opens at the next call.
+    call.profiler.plan(call.current + 100 * profile_cfg.num_steps + 10 * call.steps_per_epoch, call.current,
+                       call.steps_per_epoch)
+    # Calls until the window has its steps (it pauses at epoch ends and
+    # resumes), bounded in case it never fills.
     per_call = min(cfg.train.steps_per_loop, call.steps_per_epoch)
-    for _ in range(2 + math.ceil(profile_cfg.num_steps / per_call)):
+    for _ in range(10 + 4 * math.ceil(profile_cfg.num_steps / per_call)):
         results, _ = call()
+        if getattr(call.profiler, "_state", "") in ("captured", "failed", "off"):
+            break
     float(results[0])
     report = call.profiler.finish(cfg)
     call.profiler = None
@@ -246,12 +258,11 @@ def _input_alone(cfg, spec) -> dict:
 
 def _model_alone(cfg, spec) -> dict:
     """The same model and step fed one cached batch, repeated (the tf.data paper's upper bound)."""
-    from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
+    import dataclasses  # pylint: disable=import-outside-toplevel
 
-    batch = cfg.train.batch_size
-    one = lambda ctx: pipeline.build(cfg.data, "train", batch, ctx, training=True).take(1).cache().repeat()  # noqa: E731
-    steps, steps_per_epoch = _trainer(cfg, dataset_fn=one)
-    return _loop_windows(steps, steps_per_epoch, cfg, spec)
+    one = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, repeat_one_batch=True))
+    steps, steps_per_epoch = _trainer(one)
+    return _loop_windows(steps, steps_per_epoch, one, spec)
 
 
 def _median(windows, key):
