@@ -63,6 +63,10 @@ class Candidate:
         return ", ".join(f"{k}={json.dumps(v)}" for k, v in self.change.items())
 
 
+def _print(msg: str) -> None:
+    print(msg, flush=True)  # progress lines must show at once, also in a log file
+
+
 # ---------------------------------------------------------------- the knobs
 
 
@@ -306,7 +310,7 @@ class Tuner:
     """
 
     def __init__(self, runner: trials_lib.Runner, repeats=2, allow_result_changes=False, min_gain=0.03,
-                 max_trials=16, ram_budget_mb=0, profile=True, knobs=None, log=print):  # fmt: skip
+                 max_trials=16, ram_budget_mb=0, profile=True, knobs=None, log=_print):  # fmt: skip
         self.runner, self.repeats = runner, repeats
         self.allow, self.min_gain, self.max_trials = allow_result_changes, min_gain, max_trials
         self.ram_budget_mb = ram_budget_mb or default_ram_budget_mb()
@@ -511,7 +515,7 @@ def chart(result: dict, path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_outputs(result: dict, workdir, start_cfg, tuned_cfg, log=print) -> None:
+def write_outputs(result: dict, workdir, start_cfg, tuned_cfg, log=_print) -> None:
     workdir = Path(workdir)
     config_lib.dump(tuned_cfg, workdir / "tuned.yaml")
     with open(workdir / "pipeline.json", "w", encoding="utf-8") as f:
@@ -535,7 +539,7 @@ def write_outputs(result: dict, workdir, start_cfg, tuned_cfg, log=print) -> Non
     log(f"[tune] wrote {workdir / 'tuned.yaml'}, {workdir / 'pipeline.json'}, {workdir / 'pipeline.png'}")
 
 
-def tune(config, workdir, overrides=(), settings=None, log=print, **tuner_kwargs) -> dict:
+def tune(config, workdir, overrides=(), settings=None, log=_print, **tuner_kwargs) -> dict:
     """Tunes `config`'s input pipeline and training loop knobs; writes the outputs to `workdir`.
 
     Args:
