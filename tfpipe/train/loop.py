@@ -246,6 +246,12 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
     # ---------------------------------------------------------------- Export
     model.save(outdir / "model.keras")
+    if cfg.export.serving:
+        # Imported here: serving sits on top of training, not under it.
+        from tfpipe.serve import export as serve_export  # pylint: disable=import-outside-toplevel
+
+        served = serve_export.export(model, cfg, outdir / "export" / serve_export.model_name(cfg))
+        _say(f"exported serving_default -> {served}")
 
     # ---------------------------------------------------------------- Report
     metrics = {
