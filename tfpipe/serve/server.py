@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 
 import orjson
@@ -35,6 +37,15 @@ from aiohttp import web
 from tfpipe.serve import batching, metrics as metrics_lib, servable as servable_lib
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def new_event_loop():
+    """uvloop's event loop when installed (libuv; it cuts the per-request cost of the HTTP layer), else asyncio's."""
+    try:
+        import uvloop  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -173,26 +184,32 @@ def warm_up(servable) -> None:
 
 
 async def run(server: ModelServer, host: str, port: int, drain_seconds: float = 30.0, profile_port: int = 0,
-              on_listen=print) -> dict:
-    """Serves until SIGTERM or SIGINT, then drains; returns the time report."""
+              on_listen=print, stop: asyncio.Event | None = None, bound: list | None = None) -> dict:
+    """Serves until SIGTERM or SIGINT (or `stop` is set), then drains; returns the time report.
+
+    `bound`, if given, receives the port actually bound (for port 0).
+    """
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False, shutdown_timeout=drain_seconds)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # pylint: disable=protected-access  # port 0 -> the real one
+    port = site._server.sockets[0].getsockname()[1]  # pylint: disable=protected-access  # port 0 -> the real one
+    if bound is not None:
+        bound.append(port)
     if profile_port:
         from tfpipe.profile import capture_server  # pylint: disable=import-outside-toplevel
 
         capture_server.start(host, profile_port)
     on_listen(f"[tfpipe] serving {server.servable.name} version {server.servable.version} on "
-              f"http://{host}:{bound} (max_batch_size {server.options.max_batch_size}, batch_timeout_micros "
+              f"http://{host}:{port} (max_batch_size {server.options.max_batch_size}, batch_timeout_micros "
               f"{server.options.batch_timeout_micros}, max_enqueued_batches {server.options.max_enqueued_batches}, "
               f"num_batch_threads {server.options.num_batch_threads})"
               + (f", profile capture on {host}:{profile_port}" if profile_port else ""))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:  # the main thread's server: signals stop it
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     in_flight = server.metrics.in_flight
     # cleanup() closes the listening socket first, then waits (up to
@@ -205,6 +222,38 @@ async def run(server: ModelServer, host: str, port: int, drain_seconds: float = 
     on_listen(f"[tfpipe] stopped: drained {in_flight} request(s) in flight; "
               + metrics_lib.summary(report).replace("\n", "\n[tfpipe] "))
     return report
+
+
+@contextlib.contextmanager
+def in_thread(servable, options: batching.BatchingOptions, host: str = "127.0.0.1", **limits):
+    """Runs a server in a thread of this process (tests, the tuner); yields its predict URL.
+
+    Saves reloading TensorFlow and the model for every batching setting; the
+    clients must still run in another process (`loadgen.Runner`).
+    """
+    server = ModelServer(servable, options, **limits)
+    ready, bound, box = threading.Event(), [], {}
+
+    def main():
+        loop = new_event_loop()
+        box["loop"], box["stop"] = loop, asyncio.Event()
+        try:
+            loop.run_until_complete(run(server, host, 0, on_listen=lambda line: ready.set(), stop=box["stop"],
+                                        bound=bound))
+        finally:
+            ready.set()
+            loop.close()
+
+    thread = threading.Thread(target=main, name="tfpipe-serve", daemon=True)
+    thread.start()
+    ready.wait(60)
+    if not bound:
+        raise RuntimeError("the in-thread server did not start")
+    try:
+        yield f"http://{host}:{bound[0]}/v1/models/{servable.name}:predict", server
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(60)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -245,8 +294,9 @@ def main(argv) -> int:
     warm_up(servable)
     server = ModelServer(servable, options, args.max_rows_per_request, args.max_request_bytes)
     try:
-        asyncio.run(run(server, args.host, args.port, args.drain_seconds, args.profile_port,
-                        on_listen=lambda line: print(line, flush=True)))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(run(server, args.host, args.port, args.drain_seconds, args.profile_port,
+                           on_listen=lambda line: print(line, flush=True)))
     except OSError as e:  # port taken, unknown host
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2
