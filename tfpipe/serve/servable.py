@@ -95,9 +95,9 @@ class Servable:
                                          f"(inputs: {', '.join(names)})") from None
             where = "instances"
         else:
-            columns = value if isinstance(value, dict) and not (len(names) == 1 and "b64" in value) else {names[0]: value}
-            if len(names) == 1 and names[0] not in columns:
-                columns = {names[0]: value}
+            # An object maps input names to batches, except a lone {"b64": ...} value.
+            named = isinstance(value, dict) and set(value) != {"b64"}
+            columns = value if named else {names[0]: value}
             where = "inputs"
         unknown = sorted(set(columns) - set(names))
         missing = [n for n in names if n not in columns]
