@@ -83,7 +83,7 @@ def main(argv):
     if FLAGS.analyze:
         result = report.analyze(run_dir)
         print(report.summary(result))
-        if result.get("verdict") not in ("input-bound", "balanced", "compute-bound"):
+        if result.get("verdict") not in report.VERDICTS:
             print("error: the capture holds no measured steps (see the report above)", file=sys.stderr)
             return 1
     return 0

@@ -148,9 +148,9 @@ def test_report_verdicts_sequential_vs_tuned(runs):
     seq = json.loads((seq_dir / "report.json").read_text())
     tuned = json.loads((tuned_dir / "report.json").read_text())
     assert "[tfpipe] profile report for" in seq_out and "verdict" in seq_out
-    assert seq["steps_per_marker"] == 10 and tuned["steps_per_marker"] == 10
-    assert seq["verdict"] == "input-bound", seq["verdict_text"]
-    assert tuned["verdict"] != "input-bound", tuned["verdict_text"]
+    assert seq["markers"] >= 20 and tuned["markers"] >= 20
+    assert seq["verdict"] == "highly-input-bound", seq["verdict_text"]
+    assert tuned["verdict"] != "highly-input-bound", tuned["verdict_text"]
     assert seq["shares"]["input"] > tuned["shares"]["input"] + 0.15
     keys = {r["key"]: r for r in seq["recommendations"]}
     assert keys["data.map.num_parallel_calls"]["value"] == -1
@@ -251,7 +251,7 @@ def test_capture_on_demand_from_running_job(tmp_path, host):
     assert list(run_dir.glob("*.xplane.pb"))
     captured = json.loads((run_dir / "report.json").read_text())
     # Every call is marked while a server runs: the capture has step times.
-    assert captured["verdict"] in ("input-bound", "balanced", "compute-bound")
+    assert captured["verdict"] in report.VERDICTS
     assert captured["steps_per_marker"] == 50 or captured["steps_per_marker"] == 40
     assert "step time" in proc.stdout
     assert ("(tfpipe)" if host != "all" else "(grpc)") in proc.stdout
@@ -297,7 +297,7 @@ def test_analyze_profile_script_on_a_plain_tf_trace(tmp_path):
     result = json.loads((out / "report.json").read_text())
     assert result["steps_per_marker"] == 1  # step numbers 0, 1, 2, ...
     assert result["markers"] >= 4
-    assert result["verdict"] in ("input-bound", "balanced", "compute-bound")
+    assert result["verdict"] in report.VERDICTS
     assert (out / "report.png").stat().st_size > 1000
     assert "verdict" in proc.stdout
 
@@ -421,24 +421,24 @@ def test_measurement_off_leaves_no_fraction(tmp_path):
     assert np.isfinite(metrics["loss"])
 
 
-@pytest.mark.parametrize("steps_per_loop, suggested", [(40, True), (50, False)])
-def test_steps_per_loop_advice_only_when_calls_ran_that_long(steps_per_loop, suggested):
-    # 40-step calls of 0.4 ms steps: short calls. With steps_per_loop 50 the
-    # calls were cut at the 40-step epoch's end, so raising it changes nothing.
+@pytest.mark.parametrize("other, cause", [(0.6, "dispatch"), (0.05, "compute")])
+def test_not_input_bound_names_dispatch_or_compute(other, cause):
+    # 0.4 ms steps, 2% waiting: the model side. Most of a step neither input
+    # nor compute is per-call dispatch, and the first advice is more steps per call.
     profile = {
-        "shares": {"input": 0.02, "compute": 0.92, "other": 0.06},
-        "verdict": "compute-bound",
+        "shares": {"input": 0.02, "host_compute": 0.98 - other, "device_compute": 0.0, "other": other},
+        "input_share": 0.02,
+        "stages": [],
         "slowest_input_stages": [],
-        "steps_per_marker": 40,
-        "markers": 3,
+        "steps_per_marker": 5,
+        "markers": 20,
         "step_time_ms": {"mean": 0.4},
     }
-    cfg = {"train": {"steps_per_loop": steps_per_loop}, "data": {"prefetch": -1}, "checkpoint": {"every_steps": 40}}
-    recs = report.recommend(profile, cfg)
-    keys = [r["key"] for r in recs]
-    assert ("train.steps_per_loop" in keys) == suggested, keys
-    # When the calls were cut short, the report names what cut them instead.
-    cut = [r["why"] for r in recs if r["key"] is None and "is not the limit" in r["why"]]
-    assert bool(cut) != suggested, recs
-    if cut:
-        assert "checkpoint.every_steps: 40" in cut[0] and "epoch" in cut[0], cut
+    cfg = {"train": {"steps_per_loop": 1}, "data": {"prefetch": -1}}
+    found, _ = report.diagnose(profile, cfg)
+    assert found == cause
+    recs = report.recommend({**profile, "cause": found}, cfg)
+    if cause == "dispatch":
+        assert recs[0]["key"] == "train.steps_per_loop" and recs[0]["value"] >= 50, recs
+    else:
+        assert recs[0]["key"] is None and "model side" in recs[0]["why"], recs

@@ -228,6 +228,9 @@ class DataConfig:
     padded_batch: bool = False
     # -1 is tf.data.AUTOTUNE, 0 turns prefetching off.
     prefetch: int = _field(-1, min=-1)
+    # Measuring only: train on the first batch, cached and repeated (the
+    # tf.data paper's "perfect input" bound; benchmarks/diagnosis.py).
+    repeat_one_batch: bool = False
     deterministic: bool = True
     options: OptionsConfig = _section(OptionsConfig)
     # Preflight before training: "full" reads every record (and decodes every

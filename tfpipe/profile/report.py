@@ -1,15 +1,35 @@
 """The bottleneck report: a captured trace in, report.json + report.png + a summary out.
 
-`analyze(path)` reads the `.xplane.pb` files of one profile run headlessly
-with the converters of TensorBoard's profile plugin (xprof), the same data
-the plugin's "Input pipeline analyzer" page shows, and turns it into:
+`analyze(path)` reads the `.xplane.pb` files of one profile window (one or
+more trace sessions: a window that spans epoch ends is traced in pieces)
+headlessly with the converters of TensorBoard's profile plugin (xprof), the
+same data the plugin's "Input pipeline analyzer" page shows, and turns it
+into one verdict a user can act on.
 
-- average step time and its spread;
-- the share of step time waiting for input, in host compute, on a device
-  (accelerators only) and everything else;
-- a verdict: input-bound, compute-bound or balanced, with the percentage;
-- the slowest tf.data stages by self time;
-- recommendations naming tfpipe config keys and the value to try.
+The report dict (`report.json`) holds, among others:
+
+- `verdict`: `not-input-bound`, `moderately-input-bound` or
+  `highly-input-bound`, the profile plugin's own bands (5% and 20% of step
+  time waiting for input); `verdict_text` says it with the percentage.
+- `input_share`: the share of step time waiting for input that the verdict
+  uses, `input_share_source` (`profile` or `always_on`) and `input_share_note`
+  (one line: both figures, and which one is trusted and why when they differ
+  by more than `AGREE_WITHIN`).
+- `perfect_input_speedup`: how much faster training would run with a perfect
+  input pipeline, `1 / (1 - input_share)`; the tf.data paper's check (the same
+  model fed one cached batch repeated) is `benchmarks/diagnosis.py`.
+- `cause`: one identifier from `CAUSES` naming the slow part; `cause_text`,
+  a sentence saying why (with the stage and its rate).
+- `stages`: every tf.data stage with its own work (`work_ms`; waiting on the
+  stage's input, as a Prefetch buffer does, is not work), elements per
+  second produced, its capacity (elements per second of its own work) and
+  `utilization` (share of the window its own work took), Plumber-style;
+  `slowest_input_stages` is the same list ranked by own work.
+- `recommendations`: `recommend(report, cfg)`, a list of dicts
+  `{"key", "value", "current", "why"}`, most promising first; the first one
+  targets `cause`. `key` is a tfpipe config key (None for advice no key can
+  carry); for a profile of a program that is not tfpipe, `why` also names
+  the tf.data call in brackets.
 
 It works on any profile directory, including traces written by programs
 other than tfpipe, as long as their steps carry root step markers
@@ -22,6 +42,7 @@ Example:
 from tfpipe.profile import report
 r = report.analyze("runs/x/logs")      # newest run under logs/plugins/profile/
 print(report.summary(r))               # also in runs/x/logs/.../report.json
+print(r["cause"], r["recommendations"][0])
 ```
 """
 
@@ -34,19 +55,50 @@ import re
 import statistics
 from pathlib import Path
 
-# Verdict thresholds on the share of step time waiting for input. The
-# analyzer's own wording calls more than 20% "highly input-bound"; tfpipe
-# keeps a middle band so that a pipeline that nearly keeps up is not sent
-# chasing the wrong half of the program.
-INPUT_BOUND_AT = 0.30
-COMPUTE_BOUND_BELOW = 0.10
+# Verdict bands on the share of step time waiting for input: the profile
+# plugin's own (xprof's input_pipeline_analyzer says "HIGHLY input-bound" at
+# 20% or more, "MODERATELY" from 5%), so tfpipe and TensorBoard use one word.
+HIGHLY_AT = 0.20
+MODERATELY_AT = 0.05
+VERDICTS = ("not-input-bound", "moderately-input-bound", "highly-input-bound")
 
-# Stages (the last part of an iterator name like Iterator::Root::Prefetch::Map)
-# whose work is a user map function run one element at a time.
+# The two input figures (profile, always-on timer) count as agreeing within this.
+AGREE_WITHIN = 0.05
+
+# What `cause` can be: a stable identifier for tools (scripts/tune.py) and a
+# phrase for people.
+CAUSES = {
+    "source_read": "reading the source files",
+    "python_source": "a Python generator source",
+    "interleave": "too few parallel file reads (the interleave)",
+    "map": "a per-example map function",
+    "per_element_overhead": "tf.data's per-element overhead (many tiny elements, cheap work each)",
+    "shuffle": "the shuffle buffer",
+    "batch": "batching",
+    "no_prefetch": "no prefetch: input and compute never overlap",
+    "dispatch": "host dispatch between steps (Python and per-call costs)",
+    "compute": "model compute",
+    "unknown": "unknown (no step markers in the trace)",
+}
+
+# Stages (the last part of an iterator name like Iterator::Root::Prefetch::Map).
 _SEQUENTIAL_MAP = {"Map", "MapAndBatch"}
 _PARALLEL_MAP = {"ParallelMap", "ParallelMapV2"}
-_READERS = {"TFRecord", "TextLine", "FixedLengthRecord", "ParallelInterleaveV4", "ParallelInterleave", "Interleave"}
+_READERS = {"TFRecord", "TextLine", "FixedLengthRecord", "SSTable"}
+_INTERLEAVES = {"Interleave", "ParallelInterleave", "ParallelInterleaveV4", "ParallelInterleaveV2", "FlatMap"}
+_GENERATORS = {"Generator", "FromGenerator", "PyFunc"}
+# Stages whose GetNext waits on the stage's own worker threads (a parallel
+# map, a parallel interleave) or on its input (a prefetch buffer): their
+# self time is waiting, not work. A parallel map's waiting is the only view
+# of its function's work the trace gives; a buffer's never is.
+_BUFFERS = {"Prefetch", "ParallelBatch", "ModelDataset", "MaxIntraOpParallelism", "PrivateThreadPool"}
+_ASYNC_WORK = {"ParallelMap", "ParallelMapV2", "MapAndBatch", "ParallelInterleaveV4", "ParallelInterleave"}
 
+# A per-example stage doing less own work than this per element is mostly
+# tf.data's per-element bookkeeping (measured here: a cheap map ~5-15 us).
+PER_ELEMENT_US = 30.0
+# "other" (neither input nor compute) above this share names dispatch.
+DISPATCH_SHARE = 0.30
 
 # Below this many milliseconds per loop call, raising train.steps_per_loop pays.
 SHORT_CALL_MS = 20.0
@@ -95,27 +147,34 @@ def tool_data(run_dir: str | os.PathLike, tool: str):
 def analyze(
     path: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
-    steps_per_marker: int | None = None,
+    steps_per_marker: int | dict | None = None,
     config=None,
     always_on_input_wait_fraction: float | None = None,
+    run_dirs: list | None = None,
+    window_note: str | None = None,
 ) -> dict:
-    """Builds the bottleneck report for one profile run and writes it.
+    """Builds the bottleneck report for one profile window and writes it.
 
     Args:
         path: a log directory, profile run directory or `.xplane.pb` file
             (see `find_run_dir`).
         out_dir: where `report.json` and `report.png` go; default the run
             directory.
-        steps_per_marker: training steps covered by one step marker (tfpipe
-            marks whole loop calls). None infers it from the step numbers the
-            markers carry: tfpipe numbers each call by its first step, so
-            consecutive markers differ by the steps per call; a program that
-            marks single steps gives 1.
+        steps_per_marker: training steps covered by one step marker: an int
+            for every marker, or a dict {marker step number: steps} (tfpipe's
+            window mixes calls of several sizes). None infers it from the
+            step numbers the markers carry: tfpipe numbers each call by its
+            first step, so consecutive markers differ by the steps per call;
+            a program that marks single steps gives 1.
         config: the run's `tfpipe.config.Config` (or its dict form); None
             looks for a `config.yaml` in the workdir that holds `path`.
             Recommendations start from its values.
         always_on_input_wait_fraction: tfpipe's own timing over the traced
-            steps, recorded next to the profile's figure.
+            steps, set next to the profile's figure.
+        run_dirs: every trace session of the window (a window spanning epoch
+            ends is traced in pieces); default the one `path` names.
+        window_note: a line about the window (moved earlier, cut short), shown
+            first in the summary.
 
     Returns:
         The report as a dict (also written to `report.json`).
@@ -123,22 +182,27 @@ def analyze(
     Raises:
         ProfileError: when `path` holds no profile.
     """
-    run_dir = find_run_dir(path)
+    run_dirs = [Path(d) for d in run_dirs] if run_dirs else [find_run_dir(path)]
+    run_dir = run_dirs[-1]
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = _config_dict(config, run_dir)
-    tables = tool_data(run_dir, "input_pipeline_analyzer")
-    step_table, stage_table = tables[1], tables[2]
-    props = step_table.get("p", {})
-    rows = [_row(step_table, r) for r in step_table.get("rows", [])]
+    rows, stage_rows, conclusions, props = [], [], [], {}
+    for d in run_dirs:
+        tables = tool_data(d, "input_pipeline_analyzer")
+        step_table, stage_table = tables[1], tables[2]
+        props = step_table.get("p", {}) or props
+        conclusions.append(step_table.get("p", {}).get("input_conclusion", ""))
+        rows += [_row(step_table, r) for r in step_table.get("rows", [])]
+        stage_rows += [_row(stage_table, r) for r in stage_table.get("rows", [])]
 
     report: dict = {
         "profile_dir": str(run_dir),
+        "profile_dirs": [str(d) for d in run_dirs],
         "hardware": props.get("hardware_type", ""),
-        "analyzer_conclusion": props.get("input_conclusion", ""),
+        "analyzer_conclusion": " | ".join(c for c in conclusions if c),
+        "window_note": window_note,
     }
-    stages = _stages(stage_table)
-    report["slowest_input_stages"] = stages[:5]
     if not rows:
         report.update(
             verdict="unknown",
@@ -147,17 +211,72 @@ def analyze(
                 "(wrap each step in tf.profiler.experimental.Trace('train', step_num=n, _r=1)) "
                 "or is shorter than one step"
             ),
+            cause="unknown",
+            cause_text=CAUSES["unknown"],
+            stages=[],
+            slowest_input_stages=[],
             recommendations=[],
         )
         _write(report, out_dir)
         return report
 
+    per_step, spm = _per_step(rows, steps_per_marker)
+    times = [s["step_ms"] for s in per_step]
+    steps_total = sum(s["steps"] for s in per_step)
+    window_ms = sum(s["step_ms"] * s["steps"] for s in per_step)
+    shares = {
+        name: sum(s[f"{name}_ms"] * s["steps"] for s in per_step) / window_ms if window_ms else 0.0
+        for name in ("input", "host_compute", "device_compute", "other")
+    }
+    report.update(
+        steps_per_marker=spm,
+        markers=len(per_step),
+        steps_traced=steps_total,
+        step_time_ms={
+            "mean": window_ms / steps_total if steps_total else 0.0,
+            "stdev": statistics.stdev(times) if len(times) > 1 else 0.0,
+            "min": min(times),
+            "max": max(times),
+        },
+        shares=shares,
+        input_wait_fraction_profile=shares["input"],
+        input_wait_fraction_always_on=always_on_input_wait_fraction,
+        per_step=per_step,
+    )
+    report.update(_input_share(shares["input"], always_on_input_wait_fraction, report["step_time_ms"]["mean"]))
+    report["verdict"], report["verdict_text"] = _verdict(report["input_share"])
+    share = report["input_share"]
+    report["perfect_input_speedup"] = 1.0 / (1.0 - share) if share < 0.99 else None
+    stages = _stages(stage_rows, window_ms, steps_total)
+    _mark_timer_stage(stages, cfg)
+    report["stages"] = stages
+    report["slowest_input_stages"] = [s for s in stages if s["kind"] not in ("buffer", "timer")][:5]
+    report["cause"], report["cause_text"] = diagnose(report, cfg)
+    report["recommendations"] = recommend(report, cfg)
+    chart_path = out_dir / "report.png"
+    try:
+        _chart(per_step, spm, report["verdict_text"], chart_path)
+        report["chart"] = str(chart_path)
+    except Exception as e:  # pylint: disable=broad-except
+        # The chart is a convenience; the numbers are already in the report.
+        report["chart_error"] = f"{type(e).__name__}: {e}"
+    _write(report, out_dir)
+    return report
+
+
+def _per_step(rows: list[dict], steps_per_marker) -> tuple[list[dict], int]:
+    """One entry per marker, in ms per training step; the most common steps per marker."""
     numbers = [_step_number(r["stepnum"]) for r in rows]
     if steps_per_marker is None:
         steps_per_marker = _infer_steps_per_marker(numbers)
-    spm = max(1, int(steps_per_marker))
+    if isinstance(steps_per_marker, dict):
+        sizes = {int(k): int(v) for k, v in steps_per_marker.items()}
+        common = collections.Counter(sizes.values()).most_common(1)[0][0] if sizes else 1
+    else:
+        sizes, common = {}, max(1, int(steps_per_marker))
     per_step = []
     for r, number in zip(rows, numbers):
+        spm = max(1, sizes.get(number, common))
         total = r["stepTimeMs"] / spm
         parts = {
             "input_ms": r.get("infeedTimeMs", 0.0) / spm,
@@ -168,62 +287,137 @@ def analyze(
             / spm,
         }
         parts["other_ms"] = max(0.0, total - sum(parts.values()))
-        per_step.append({"marker": r["stepnum"], "first_step": number, "step_ms": total, **parts})
+        per_step.append({"marker": r["stepnum"], "first_step": number, "steps": spm, "step_ms": total, **parts})
+    return per_step, common
 
-    times = [s["step_ms"] for s in per_step]
-    total_ms = sum(times)
-    shares = {
-        name: sum(s[f"{name}_ms"] for s in per_step) / total_ms if total_ms else 0.0
-        for name in ("input", "host_compute", "device_compute", "other")
-    }
-    verdict, verdict_text = _verdict(shares)
-    report.update(
-        steps_per_marker=spm,
-        markers=len(per_step),
-        step_time_ms={
-            "mean": statistics.fmean(times),
-            "stdev": statistics.stdev(times) if len(times) > 1 else 0.0,
-            "min": min(times),
-            "max": max(times),
-        },
-        shares=shares,
-        verdict=verdict,
-        verdict_text=verdict_text,
-        input_wait_fraction_profile=shares["input"],
-        input_wait_fraction_always_on=always_on_input_wait_fraction,
-        per_step=per_step,
+
+def _input_share(profile: float, always_on: float | None, step_ms: float) -> dict:
+    """The input share the verdict uses, and one line on the two figures.
+
+    Both figures count, per step, the time from "the step could start" to
+    "its batch is in hand" (the iterator's GetNext): that is the share a
+    perfect input pipeline would save, the tf.data paper's definition, checked
+    by feeding one cached batch repeated (benchmarks/diagnosis.py). The
+    profile's is measured from the trace's GetNext events; the always-on timer
+    brackets the same fetch with timestamps. When they differ by more than
+    AGREE_WITHIN the profile's is trusted: it sees the whole window's
+    threads, while a timestamp on a sub-millisecond step can run late.
+    """
+    out = {"input_share": profile, "input_share_source": "profile"}
+    if always_on is None:
+        out["input_share_note"] = f"input share {profile:.1%} from the profile (the always-on timer was off)"
+        out["figures_agree"] = None
+        return out
+    gap = abs(always_on - profile)
+    out["figures_agree"] = gap <= AGREE_WITHIN
+    if gap <= AGREE_WITHIN:
+        out["input_share_note"] = (
+            f"input share {profile:.1%} (profile) and {always_on:.1%} (always-on timer) agree within "
+            f"{AGREE_WITHIN:.0%}"
+        )
+    else:
+        why = (
+            f"on {step_ms:.2f} ms steps the timer's closing timestamp can run after other ready ops"
+            if step_ms < 1.0
+            else "the timer brackets one op, the profile sees every thread of the window"
+        )
+        out["input_share_note"] = (
+            f"input share: trusting the profile's {profile:.1%} over the always-on timer's {always_on:.1%} "
+            f"({gap * 100:.1f} points apart; {why})"
+        )
+    return out
+
+
+def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
+    """The cause (a key of `CAUSES`) and a sentence saying why.
+
+    Reads the verdict first: below MODERATELY_AT waiting for input, the cause
+    is on the model side (`dispatch` when most of a step is neither input
+    nor compute, else `compute`). Otherwise the tf.data stage doing the most
+    work of its own names it (never a buffer waiting on its input), with the
+    pipeline's shape deciding between neighbours: no asynchronous stage at
+    all is `no_prefetch`; a reader or interleave is `interleave` when reads
+    are not parallel, else `source_read`; a map (or batch) doing little work
+    per element, many elements a step, is `per_element_overhead`.
+    """
+    shares, share = report["shares"], report["input_share"]
+    data = (cfg or {}).get("data", {}) or {}
+    if share < MODERATELY_AT:
+        if shares["other"] >= DISPATCH_SHARE:
+            return "dispatch", (
+                f"only {share:.1%} of step time waits for input and {shares['other']:.0%} is neither input nor "
+                f"compute: Python and per-call costs between {report['step_time_ms']['mean']:.2f} ms steps"
+            )
+        return "compute", f"only {share:.1%} of step time waits for input; the model's compute sets the pace"
+    stages = report["stages"]
+    work = [s for s in stages if s["kind"] not in ("buffer", "timer")]
+    top = work[0] if work else None
+    iterators = " ".join(s["iterator"] for s in stages)
+    overlapped = any(name in iterators for name in ("Prefetch", "ParallelMap", "MapAndBatch", "ParallelBatch"))
+    prefix = f"{share:.1%} of step time waits for input"
+    if (cfg and data.get("prefetch") == 0 and not overlapped) or (not cfg and stages and not overlapped):
+        return "no_prefetch", (
+            f"{prefix} and no stage works ahead of the step (no prefetch, nothing parallel): "
+            "input and compute take turns"
+        )
+    if top is None:
+        return "map", f"{prefix}; the trace names no tf.data stage"
+    name, rate = top["stage"], _rate_text(top)
+    if name in _GENERATORS or "Generator" in top["iterator"]:
+        return "python_source", f"{prefix} and the Python generator source does the most work ({rate})"
+    if name in _READERS or name in _INTERLEAVES:
+        read = data.get("read", {}) if isinstance(data.get("read"), dict) else {}
+        sequential = (read.get("num_parallel_calls") == 1 or read.get("cycle_length") == 1) if cfg else (
+            "ParallelInterleave" not in iterators
+        )
+        if sequential:
+            return "interleave", f"{prefix} and files are read one at a time: {name} does the most work ({rate})"
+        return "source_read", f"{prefix} and reading the files does the most work ({name}, {rate})"
+    per_element = top["elements_per_step"] >= 8 and top["work_us_per_element"] < PER_ELEMENT_US
+    if name in _SEQUENTIAL_MAP | _PARALLEL_MAP | {"Batch", "BatchV2"} and per_element:
+        return "per_element_overhead", (
+            f"{prefix}; {name} handles {top['elements_per_step']:.0f} elements a step at "
+            f"{top['work_us_per_element']:.1f} us each: tf.data's per-element cost, not the work, dominates"
+        )
+    if name in _SEQUENTIAL_MAP | _PARALLEL_MAP:
+        return "map", f"{prefix} and the per-example map does the most work ({name}, {rate})"
+    if name.startswith("Shuffle"):
+        return "shuffle", f"{prefix} and the shuffle does the most work ({rate})"
+    if name.startswith("Batch") or name.startswith("PaddedBatch"):
+        return "batch", f"{prefix} and batching does the most work ({rate})"
+    return "map", f"{prefix}; {name} does the most work ({rate})"
+
+
+def _rate_text(stage: dict) -> str:
+    return (
+        f"{stage['work_us_per_element']:.0f} us per element, busy {stage['utilization']:.0%} of the window, "
+        f"capacity {stage['capacity_per_sec'] or 0:,.0f}/s vs {stage['elements_per_sec']:,.0f}/s consumed"
     )
-    report["recommendations"] = recommend(report, cfg)
-    chart_path = out_dir / "report.png"
-    try:
-        _chart(per_step, spm, verdict_text, chart_path)
-        report["chart"] = str(chart_path)
-    except Exception as e:  # pylint: disable=broad-except
-        # The chart is a convenience; the numbers are already in the report.
-        report["chart_error"] = f"{type(e).__name__}: {e}"
-    _write(report, out_dir)
-    return report
 
 
 def recommend(report: dict, cfg: dict | None) -> list[dict]:
-    """Config changes to try, most promising first.
+    """Config changes to try, most promising first; the first targets `report["cause"]`.
 
-    Each item names a config key, the value to try and why. With `cfg`
-    (the run's config as a dict) keys already at the suggested value are
-    skipped; without it (a profile from another program) the tf.data call to
-    change is named next to tfpipe's key.
+    Each item is `{"key", "value", "current", "why"}`: a tfpipe config key,
+    the value to try, the run's current value (None when unknown) and why.
+    With `cfg` (the run's config as a dict) keys already at the suggested
+    value are skipped; without it (a profile from another program) `why`
+    also names the tf.data call to change, in brackets. `key` None is advice
+    no single key carries.
     """
-    data = (cfg or {}).get("data", {})
-    train = (cfg or {}).get("train", {})
+    data = (cfg or {}).get("data", {}) or {}
+    train = (cfg or {}).get("train", {}) or {}
     mapc = data.get("map", {}) if isinstance(data.get("map"), dict) else {}
-    shares = report["shares"]
-    stages = report.get("slowest_input_stages", [])
-    top = stages[0]["stage"] if stages else ""
+    read = data.get("read", {}) if isinstance(data.get("read"), dict) else {}
+    options = data.get("options", {}) if isinstance(data.get("options"), dict) else {}
+    shares, share, cause = report["shares"], report["input_share"], report.get("cause")
     recs: list[dict] = []
 
     def add(key, value, why):
         current = _lookup(cfg, key) if cfg else None
         if cfg and current == value:
+            return
+        if any(r["key"] == key for r in recs if key):
             return
         if _lookup_default(key) is None:
             # This tfpipe version has no such key: keep the advice, name no key.
@@ -231,129 +425,135 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
         recs.append({"key": key, "value": value, "current": current, "why": why})
 
     def note(why):
-        # Advice that names no single key to change.
         recs.append({"key": None, "value": None, "current": None, "why": why})
 
-    if shares["input"] >= COMPUTE_BOUND_BELOW:
-        input_pct = f"{shares['input']:.0%} of step time waits for input"
-        map_is_slow = top in _SEQUENTIAL_MAP or any(s["stage"] in _SEQUENTIAL_MAP for s in stages[:2])
-        if map_is_slow or mapc.get("num_parallel_calls") == 1:
-            add(
-                "data.map.num_parallel_calls",
-                -1,
-                f"{input_pct} and the map runs one element at a time (stage {top or 'Map'}); "
-                "-1 (AUTOTUNE) runs it on every core [tf.data: map(..., num_parallel_calls=tf.data.AUTOTUNE)]",
-            )
-        per_element = any(
-            s["stage"] in _SEQUENTIAL_MAP | _PARALLEL_MAP and s["count"] > 2 * report["markers"] * report["steps_per_marker"]
-            for s in stages[:3]
-        )
-        # Only when every step can run on a whole batch (decoding images cannot).
-        from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
+    input_pct = f"{share:.0%} of step time waits for input"
+    from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
 
-        steps = mapc.get("steps") or ()
-        batchable = all(isinstance(st, dict) and st.get("op") in preprocess.BATCHABLE for st in steps)
-        if per_element and batchable:
-            add(
-                "data.map.vectorized",
-                True,
-                "the map is called once per example; batching first and mapping whole batches "
-                "pays the per-call overhead once per batch [tf.data: batch() before map()]",
-            )
-        readers_slow = any(s["stage"] in _READERS for s in stages[:3])
-        read = data.get("read", {}) if isinstance(data.get("read"), dict) else {}
-        if readers_slow and read.get("num_parallel_calls") == 1:
-            add(
-                "data.read.num_parallel_calls",
-                -1,
-                f"{input_pct} and files are read one at a time; -1 (AUTOTUNE) reads several in parallel "
-                "[tf.data: interleave(..., num_parallel_calls=tf.data.AUTOTUNE)]",
-            )
-        options = data.get("options", {}) if isinstance(data.get("options"), dict) else {}
+    steps = mapc.get("steps") or ()
+    batchable = all(isinstance(st, dict) and st.get("op") in preprocess.BATCHABLE for st in steps)
+    random_steps = any(isinstance(st, dict) and st.get("op") in preprocess.RANDOM_OPS for st in steps)
+    map_sequential = mapc.get("num_parallel_calls") == 1 if cfg else any(
+        s["stage"] in _SEQUENTIAL_MAP for s in report.get("slowest_input_stages", [])[:2]
+    )
+
+    def parallel_map():
+        add("data.map.num_parallel_calls", -1,
+            f"{input_pct} and the map runs one element at a time; -1 (AUTOTUNE) runs it on every core "
+            "[tf.data: map(..., num_parallel_calls=tf.data.AUTOTUNE)]")  # fmt: skip
+
+    def cache(what):
+        if cfg and data.get("cache"):
+            return
+        add("data.cache", "memory",
+            f"{input_pct}; {what}: caching after the deterministic steps does it once, not every epoch "
+            "(a file path when the data does not fit in memory) [tf.data: cache() after the deterministic work]")  # fmt: skip
+
+    def vectorize():
+        if cfg and not batchable:
+            return
+        add("data.map.vectorized", True,
+            "each example pays tf.data's per-element cost; batching first and mapping whole batches pays it "
+            "once per batch [tf.data: batch() before map()]")  # fmt: skip
+
+    def parallel_reads():
+        if cfg and read.get("cycle_length") == 1:
+            add("data.read.cycle_length", -1,
+                f"{input_pct} and one file is read at a time; -1 lets several files be read at once "
+                "[tf.data: interleave(..., cycle_length=N)]")  # fmt: skip
+        add("data.read.num_parallel_calls", -1,
+            f"{input_pct} and files are read one at a time; -1 (AUTOTUNE) reads several in parallel "
+            "[tf.data: interleave(..., num_parallel_calls=tf.data.AUTOTUNE)]")  # fmt: skip
+
+    def prefetch():
+        add("data.prefetch", -1,
+            "nothing overlaps input with compute; a prefetch buffer lets the next batch be prepared "
+            "during the current step [tf.data: prefetch(tf.data.AUTOTUNE)]")  # fmt: skip
+
+    def more_steps_per_call():
+        spm, loop_steps = report["steps_per_marker"], train.get("steps_per_loop", report["steps_per_marker"])
+        call_ms = report["step_time_ms"]["mean"] * spm
+        add("train.steps_per_loop", max(50, 2 * loop_steps),
+            f"one loop call ({spm} step(s)) takes {call_ms:.2f} ms, so per-call Python and dispatch costs are "
+            f"a visible share ({shares['other']:.0%} of step time is neither input nor compute); more steps "
+            "per compiled call pay them once per call [tf.function: loop over several steps per call]")  # fmt: skip
+
+    first = {
+        "python_source": lambda: cache("the Python generator runs one element at a time under the GIL"),
+        "source_read": lambda: cache("the files are read and parsed again every epoch"),
+        "interleave": parallel_reads,
+        "map": lambda: parallel_map() if map_sequential else (
+            cache("the per-example map runs again every epoch") if not random_steps else vectorize()
+        ),
+        "per_element_overhead": vectorize,
+        "shuffle": lambda: add("data.shuffle.buffer_size", max(1, int((_lookup(cfg, "data.shuffle.buffer_size") or 2048) // 4)),
+                               "the shuffle buffer does the most work; a smaller buffer refills faster"),
+        "batch": vectorize,
+        "no_prefetch": prefetch,
+        "dispatch": more_steps_per_call,
+    }
+    if cause in first:
+        first[cause]()
+    if share >= MODERATELY_AT:
+        if map_sequential:
+            parallel_map()
+        if any(s["stage"] in _SEQUENTIAL_MAP | _PARALLEL_MAP for s in report.get("slowest_input_stages", [])[:3]):
+            vectorize()
+        if read.get("num_parallel_calls") == 1 or read.get("cycle_length") == 1:
+            parallel_reads()
         if options.get("autotune") is False:
-            add(
-                "data.options.autotune",
-                True,
-                f"{input_pct} and tf.data's autotuning is off; it sizes parallelism and buffers to the machine",
-            )
-        if data and not data.get("cache"):
-            add(
-                "data.cache",
-                "memory",
-                f"{input_pct}; caching after the deterministic steps skips re-reading and re-decoding "
-                "every epoch (use a file path when the data does not fit in memory) [tf.data: cache()]",
-            )
-        elif not data and top in _READERS:
-            add("data.cache", "memory", f"{input_pct} and file reading is the slowest stage [tf.data: cache()]")
-        if data.get("prefetch") == 0 or (not data and not any("Prefetch" in s["iterator"] for s in stages)):
-            add(
-                "data.prefetch",
-                -1,
-                "nothing overlaps input with compute; a prefetch buffer lets the next batch be prepared "
-                "during the current step [tf.data: prefetch(tf.data.AUTOTUNE)]",
-            )
+            add("data.options.autotune", True,
+                f"{input_pct} and tf.data's autotuning is off; it sizes parallelism and buffers to the machine")  # fmt: skip
+        if cfg and not data.get("cache"):
+            cache("the deterministic steps run again every epoch")
+        if data.get("prefetch") == 0:
+            prefetch()
     spm = report["steps_per_marker"]
     loop_steps = train.get("steps_per_loop", spm)
     call_ms = report["step_time_ms"]["mean"] * spm
     # Each call from Python costs a fraction of a millisecond to dispatch and
     # sync: negligible for calls of tens of milliseconds, not below that.
-    # Calls shorter than train.steps_per_loop were cut by an epoch's end or a
-    # checkpoint (digits: 40-step epochs); a larger value would not lengthen them.
-    if call_ms < SHORT_CALL_MS and spm >= loop_steps:
-        value = max(50, 2 * loop_steps)
-        add(
-            "train.steps_per_loop",
-            value,
-            f"one loop call ({spm} step(s)) takes {call_ms:.2f} ms, so per-call Python and dispatch costs "
-            f"are a visible share ({shares['other']:.0%} of step time is neither input nor compute); "
-            "more steps per compiled call pay them once per call",
-        )
-    if not recs and report["verdict"] == "compute-bound":
-        note(
-            "the input pipeline keeps up; speed now comes from the model side "
-            "(model.params, train.batch_size) rather than data:"
-        )
-    if call_ms < SHORT_CALL_MS and spm < loop_steps:
-        ckpt = (cfg or {}).get("checkpoint", {}).get("every_steps")
-        epoch = train.get("steps_per_epoch")
-        limits = ["an epoch's end" + (f" (train.steps_per_epoch: {epoch})" if epoch else "")]
-        if ckpt:
-            limits.append(f"a step checkpoint (checkpoint.every_steps: {ckpt})")
-        note(
-            f"one loop call ({spm} step(s)) takes {call_ms:.2f} ms, short enough that per-call costs show, "
-            f"but train.steps_per_loop ({loop_steps}) is not the limit: calls stop at "
-            + " and at ".join(limits)
-            + ("; longer calls need longer epochs or rarer step checkpoints" if ckpt else "; longer calls need longer epochs")
-        )
+    # The profile window may run shorter calls than train.steps_per_loop (at
+    # least 20 markers); the advice is about the run's own calls.
+    if cfg and cause == "dispatch" or (cfg and call_ms < SHORT_CALL_MS and shares["other"] >= DISPATCH_SHARE
+                                        and loop_steps <= spm):
+        more_steps_per_call()
+    if cause == "compute" and not recs:
+        note("the input pipeline keeps up; speed now comes from the model side "
+             "(model.params, train.batch_size, runtime.*_op_threads) rather than data")  # fmt: skip
     return recs
 
 
 def summary(report: dict) -> str:
     """A short plain-text summary of a report."""
     lines = [f"[tfpipe] profile report for {report['profile_dir']}"]
+    if report.get("window_note"):
+        lines.append(f"  window       {report['window_note']}")
     if report["verdict"] == "unknown":
         lines.append(f"  verdict: unknown - {report['verdict_text']}")
         return "\n".join(lines)
     st, sh = report["step_time_ms"], report["shares"]
+    lines.append(f"  verdict      {report['verdict'].upper()}: {report['verdict_text']}")
+    lines.append(f"  cause        {report['cause']}: {report['cause_text']}")
+    if report.get("perfect_input_speedup"):
+        lines.append(f"  perfect input: {report['perfect_input_speedup']:.2f}x faster (step time without the input share)")
+    lines.append(f"  figures      {report['input_share_note']}")
     lines.append(
         f"  step time    {st['mean']:.3f} ms per step (sd {st['stdev']:.3f}, min {st['min']:.3f}, "
-        f"max {st['max']:.3f}) over {report['markers']} markers x {report['steps_per_marker']} steps"
+        f"max {st['max']:.3f}) over {report['markers']} markers, {report['steps_traced']} steps"
     )
     parts = [f"input {sh['input']:.1%}", f"host compute {sh['host_compute']:.1%}"]
     if sh["device_compute"]:
         parts.append(f"device {sh['device_compute']:.1%}")
     parts.append(f"other {sh['other']:.1%}")
     lines.append("  breakdown    " + ", ".join(parts))
-    lines.append(f"  verdict      {report['verdict'].upper()}: {report['verdict_text']}")
-    if report.get("input_wait_fraction_always_on") is not None:
-        lines.append(
-            f"  always-on    input_wait_fraction {report['input_wait_fraction_always_on']:.1%} over the same steps "
-            f"(profile: {sh['input']:.1%})"
-        )
     if report["slowest_input_stages"]:
-        lines.append("  slowest tf.data stages by self time:")
+        lines.append("  tf.data stages by own work (us/element, busy share of the window, produced vs capacity /s):")
         for s in report["slowest_input_stages"][:3]:
-            lines.append(f"    {s['stage']:<22} {s['self_ms']:9.2f} ms  {s['self_share']:6.1%}  x{s['count']}")
+            lines.append(
+                f"    {s['stage']:<20} {s['work_ms']:9.2f} ms {s['work_us_per_element']:8.1f} us  {s['utilization']:5.0%}"
+                f"  {s['elements_per_sec']:10,.0f} / {s['capacity_per_sec'] or 0:,.0f}"
+            )
     if report["recommendations"]:
         lines.append("  try:")
         for r in report["recommendations"]:
@@ -386,34 +586,61 @@ def _infer_steps_per_marker(numbers) -> int:
     return collections.Counter(diffs).most_common(1)[0][0]
 
 
-def _stages(table: dict) -> list[dict]:
-    stages = []
-    total_self = 0.0
-    for r in table.get("rows", []):
-        row = _row(table, r)
-        total_self += row.get("selfTimeInMs") or 0.0
-        stages.append(
-            {
-                "iterator": row["opName"],
-                "stage": str(row["opName"]).split("::")[-1],
-                "count": int(row.get("count") or 0),
-                "total_ms": row.get("timeInMs") or 0.0,
-                "self_ms": row.get("selfTimeInMs") or 0.0,
-            }
-        )
+def _stages(rows: list[dict], window_ms: float, steps: int) -> list[dict]:
+    """tf.data stages with their own work and rates, ranked by own work.
+
+    A stage's self time (its GetNext time minus its inputs') is work for a
+    synchronous stage; for a parallel map it is the time its consumer waited
+    on the map's workers, the trace's only view of the function's work, so it
+    counts as the map's; for a buffer (Prefetch) it is waiting on its input
+    and counts as none. Rates: `elements_per_sec` produced over the window,
+    `capacity_per_sec` = elements per second of own work (what the stage
+    could produce if nothing else ran), `utilization` = own work / window.
+    """
+    merged: dict = {}
+    for row in rows:
+        it = str(row["opName"])
+        m = merged.setdefault(it, {"iterator": it, "stage": it.split("::")[-1], "count": 0, "total_ms": 0.0, "self_ms": 0.0})
+        m["count"] += int(row.get("count") or 0)
+        m["total_ms"] += row.get("timeInMs") or 0.0
+        m["self_ms"] += row.get("selfTimeInMs") or 0.0
+    stages = list(merged.values())
+    total_self = sum(s["self_ms"] for s in stages)
+    window_s = window_ms / 1000.0
     for s in stages:
+        name = s["stage"]
+        s["kind"] = "buffer" if name in _BUFFERS else ("parallel" if name in _ASYNC_WORK else "work")
+        s["work_ms"] = 0.0 if s["kind"] == "buffer" else s["self_ms"]
         s["self_share"] = s["self_ms"] / total_self if total_self else 0.0
-    return sorted(stages, key=lambda s: -s["self_ms"])
+        n = max(1, s["count"])
+        s["work_us_per_element"] = 1000.0 * s["work_ms"] / n
+        s["elements_per_step"] = s["count"] / steps if steps else 0.0
+        s["elements_per_sec"] = s["count"] / window_s if window_s else 0.0
+        s["capacity_per_sec"] = n / (s["work_ms"] / 1000.0) if s["work_ms"] else None
+        s["utilization"] = s["work_ms"] / window_ms if window_ms else 0.0
+    stages.sort(key=lambda s: -s["work_ms"])
+    return stages
 
 
-def _verdict(shares: dict) -> tuple[str, str]:
-    wait = shares["input"]
-    if wait >= INPUT_BOUND_AT:
-        return "input-bound", f"{wait:.1%} of step time waits for input"
-    if wait < COMPUTE_BOUND_BELOW:
-        busy = 1.0 - wait
-        return "compute-bound", f"only {wait:.1%} of step time waits for input ({busy:.1%} is compute and other)"
-    return "balanced", f"{wait:.1%} of step time waits for input"
+def _mark_timer_stage(stages: list[dict], cfg: dict | None) -> None:
+    """tfpipe's own stamp map (pipeline.build(stamp=True)) is instrumentation, not the user's work."""
+    if not cfg or not (cfg.get("profile", {}) or {}).get("measure_input_wait", True):
+        return
+    for s in stages:
+        if s["iterator"] in ("Iterator::Root::Prefetch::Map", "Iterator::Root::Map"):
+            s["kind"], s["work_ms"] = "timer", 0.0
+            s["work_us_per_element"], s["capacity_per_sec"], s["utilization"] = 0.0, None, 0.0
+    stages.sort(key=lambda s: -s["work_ms"])
+
+
+def _verdict(share: float) -> tuple[str, str]:
+    if share >= HIGHLY_AT:
+        return "highly-input-bound", f"{share:.1%} of step time waits for input (profile plugin: HIGHLY at {HIGHLY_AT:.0%})"
+    if share >= MODERATELY_AT:
+        return "moderately-input-bound", (
+            f"{share:.1%} of step time waits for input (profile plugin: MODERATELY from {MODERATELY_AT:.0%})"
+        )
+    return "not-input-bound", f"only {share:.1%} of step time waits for input (profile plugin: NOT below {MODERATELY_AT:.0%})"
 
 
 def _config_dict(config, run_dir: Path) -> dict | None:

@@ -65,6 +65,11 @@ from absl import logging
 from tfpipe.profile import capture_server
 
 STEP_MARKER = "train"
+# The trace window holds at least this many step markers (statistics over
+# one marker are no statistics).
+MIN_MARKERS = 20
+# Markers xprof's step analysis drops at the edges of one trace session.
+EDGE_MARKERS = 2
 
 
 def _warn(msg: str) -> None:
@@ -125,23 +130,42 @@ class InputWaitTimer:
             return tf.zeros([2], tf.float64)
         return tf.stack([tf.timestamp(), tf.constant(0.0, tf.float64)])
 
-    def next(self, iterator, token, fetch=next):
-        """`fetch(iterator)`, timed from `token` (from `token` or `step_done`)."""
+    def next(self, iterator, token, fetch=next, stamped=False):
+        """`fetch(iterator)`, timed from `token` (from `token` or `step_done`).
+
+        With `stamped`, `fetch` returns `(batch, ready)`: when the pipeline
+        finished the batch (`pipeline.build(stamp=True)` takes a timestamp
+        just before the prefetch buffer). The wait is then the part of the
+        fetch before the batch was ready, `clip(ready - start, 0, stop - start)`:
+        a batch already waiting in the buffer costs no input wait, whatever
+        the iterator's hand-over between threads takes. That hand-over is paid
+        by a perfect tf.data pipeline too (one cached batch repeated), so it
+        is not input time in the tf.data paper's sense, and on sub-millisecond
+        steps it was most of what the unstamped timer counted (digits MLP:
+        70-76% against the profile's 12-17%).
+        """
         if not self.enabled:
-            return fetch(iterator)
+            batch = fetch(iterator)
+            return batch[0] if stamped else batch
         # Started inside this step (the token arrives through the loop), so
         # the while loop's own per-iteration bookkeeping is not counted.
         with tf.control_dependencies([token]):
             start = tf.timestamp()
         with tf.control_dependencies([start]):
             batch = fetch(iterator)
+        ready = None
+        if stamped:
+            batch, ready = batch
         # expand_composites: a distributed iterator yields PerReplica values.
         with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
             stop = tf.timestamp()
+        waited = stop - start
+        if ready is not None:
+            waited = tf.clip_by_value(ready - start, 0.0, waited)
         # Handed to the step_done call of the same step (traced right after);
         # no gate holds the step's compute until `stop` has run: on the digits
         # MLP (0.2 ms steps) such a gate cost 7-17% of throughput.
-        self._waited = token[1] + (stop - start)
+        self._waited = token[1] + waited
         return batch
 
     def step_done(self, variables):
@@ -218,7 +242,7 @@ def start_server(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class Profiler:
-    """Runs one trace window over whole loop calls and reports on it.
+    """Runs one trace window of at least `MIN_MARKERS` step markers and reports on it.
 
     Args:
         profile_cfg: a `tfpipe.config.ProfileConfig`.
@@ -227,6 +251,11 @@ class Profiler:
             `workdir/logs`; `report.json` and `report.png` go to `workdir`.
         input_timer: the loop's `InputWaitTimer`, read around the traced calls
             so that the report can set the always-on figure next to the profile's.
+        trace: False records nothing but keeps the same call schedule
+            (multi-worker non-chiefs).
+
+    Call `plan(total_steps, first_step)` once the run's length and its first
+    step (after a restore) are known: a window that would not fit moves earlier.
     """
 
     def __init__(self, profile_cfg, workdir, input_timer: InputWaitTimer | None = None, trace: bool = True):
@@ -241,14 +270,48 @@ class Profiler:
         self._logdir = self._workdir / "logs"
         self._timer = input_timer
         self._state = "waiting" if profile_cfg.enabled else "off"
-        self._unrolled = None  # the steps per call the unrolled loop was compiled for
+        # Steps per traced call: small enough that num_steps gives MIN_MARKERS
+        # markers. Each marker is one compiled call, so shorter calls pay
+        # their per-call cost over fewer steps; a call of 5 steps on the digits
+        # MLP still spends most of its time in the steps.
+        self._piece = max(1, profile_cfg.num_steps // MIN_MARKERS)
         self._traced = {"calls": 0, "steps": 0, "seconds": 0.0, "wait_seconds": 0.0, "first_step": None}
-        self._run_dir = None
+        self._sizes: dict[int, int] = {}  # marker step number -> steps it covers
+        self._run_dirs: list = []
         self._before = set()
         self._calls = 0
         self._profiled = [0, 0.0, 0.0]
+        self._start_at, self.window_note, self._epoch = profile_cfg.start_step, None, 0
         self.report = None
         self._server = bool(profile_cfg.server_port) and start_server(profile_cfg.server_port, profile_cfg.server_host)
+
+    def plan(self, total_steps: int, first_step: int = 0, steps_per_epoch: int = 0) -> None:
+        """Opens the window at profile.start_step, or earlier when the run ends too soon (and says so)."""
+        self._epoch = steps_per_epoch
+        self._start_at, self.window_note = self._window_start(total_steps, first_step)
+        if self.window_note:
+            print(f"[tfpipe] profile: {self.window_note}", flush=True)
+
+    def _window_start(self, total_steps: int, first: int) -> tuple[int, str | None]:
+        want = self._cfg.start_step
+        if not self._cfg.enabled or not total_steps:
+            return want, None
+        # A warm-up of a piece and a step, then enough pieces for num_steps
+        # and MIN_MARKERS, plus the markers lost at each session's edges and
+        # the single steps that fill each epoch's remainder.
+        piece, epoch = self._piece, self._epoch
+        traced = max(self._cfg.num_steps, piece * MIN_MARKERS)
+        sessions = -(-traced // epoch) + 1 if epoch else 1
+        needed = piece + 1 + traced + sessions * (EDGE_MARKERS + 1) * piece
+        if want + needed <= total_steps:
+            return want, None
+        start = max(first, total_steps - needed)
+        if start >= total_steps - self._piece:
+            return total_steps, f"no room for a window: the run has {total_steps - first} steps left"
+        return start, (
+            f"profile.start_step={want} moved to step {start}: the run ends at step {total_steps}, "
+            f"too short for {self._cfg.num_steps} traced steps after step {want}"
+        )
 
     def call(self, train_call, first_step: int, num_steps: int):
         """Runs one call of the training loop, `train_call(num_steps, unrolled=...)`.
@@ -256,44 +319,64 @@ class Profiler:
         Ordinary calls run as they are (the loop stays a graph while-loop).
         The warm-up call, the calls in the trace window, and every call while
         a profiler server runs (so that an on-demand capture finds steps too)
-        run unrolled. Calls in the window, and every call while a server
-        runs, are wrapped in a root step marker numbered by the call's first
-        step, and their results are read inside the marker so that it covers
-        the computation.
+        run unrolled. In the window a call is split into pieces of
+        `num_steps // MIN_MARKERS` steps (the rest as single steps), each in
+        its own root step marker numbered by its first step, its results read
+        inside the marker so that the marker covers the computation.
 
         Returns:
-            What `train_call` returns.
+            What the last call of `train_call` returns.
         """
         first_call = self._calls == 0
         self._calls += 1
-        state = self._state
-        if state == "waiting" and first_step >= self._cfg.start_step:
-            # Compile the unrolled loop outside the window.
-            self._unrolled, self._state = num_steps, "warm"
-            return self._run(train_call, first_step, num_steps, unrolled=True, profiled=not first_call)
-        if state in ("warm", "tracing") and num_steps != self._unrolled:
-            # A shorter call (before a checkpoint, say) would retrace inside the
-            # window; the window ends instead, or waits for a full call.
-            if state == "tracing":
-                self._stop()
-        elif state == "warm":
+        if self._state == "waiting" and first_step >= self._start_at:
+            # Compiles the traced functions (a piece unrolled, one step)
+            # outside the window; the window opens right after, in this call.
+            self._state, results = "warm", None
+            for n in sorted({self._piece, 1}, reverse=True):
+                if num_steps >= n:
+                    results = self._run(train_call, first_step, n, unrolled=True, profiled=not first_call)
+                    first_step, num_steps = first_step + n, num_steps - n
+            if not num_steps:
+                return results
+        if self._state in ("warm", "paused"):
             self._start()
         if self._state != "tracing":
             return self._run(train_call, first_step, num_steps, unrolled=self._server, profiled=False)
+        results, step, left = None, first_step, num_steps
+        while left and self._state == "tracing":
+            n = self._piece if left >= self._piece else 1
+            results = self._traced_call(train_call, step, n, profiled=True)
+            step, left = step + n, left - n
+            if self._enough():
+                self._stop()
+        if left:
+            results = self._run(train_call, step, left, unrolled=self._server, profiled=False)
+        return results
 
+    def _enough(self) -> bool:
+        # xprof leaves out the first and last marker of a trace session
+        # (measured: 12 of 16 markers over two sessions), so each session
+        # the window spans costs EDGE_MARKERS more.
+        sessions = len(self._run_dirs) + 1
+        return (
+            self._traced["steps"] >= self._cfg.num_steps
+            and self._traced["calls"] >= MIN_MARKERS + EDGE_MARKERS * sessions
+        )
+
+    def _traced_call(self, train_call, first_step, n, profiled):
         wait0 = self._timer.seconds() if self._timer and self._timer.enabled else None
         start = time.perf_counter()
-        results = self._run(train_call, first_step, num_steps, unrolled=True, profiled=not first_call, marker=True)
+        results = self._run(train_call, first_step, n, unrolled=True, profiled=profiled, marker=True)
         traced = self._traced
         traced["seconds"] += time.perf_counter() - start
         if wait0 is not None:
             traced["wait_seconds"] += self._timer.seconds() - wait0
         traced["calls"] += 1
-        traced["steps"] += num_steps
+        traced["steps"] += n
+        self._sizes[first_step] = n
         if traced["first_step"] is None:
             traced["first_step"] = first_step
-        if traced["steps"] >= self._cfg.num_steps:
-            self._stop()
         return results
 
     def _run(self, train_call, first_step, num_steps, unrolled, profiled, marker=False):
@@ -325,21 +408,17 @@ class Profiler:
         return steps, seconds, wait
 
     def end_of_epoch(self) -> None:
-        """Closes an open window before evaluation runs.
+        """Pauses an open window before evaluation runs; the next call resumes it.
 
         Evaluating a distributed dataset runs a TensorFlow while loop; in the
         same trace it makes xprof take the loop's iterations for the steps
         and the analyzer finds no step time (seen under the mirrored
-        strategy). A window therefore never spans an epoch end, and can hold
-        fewer than `profile.num_steps` steps.
+        strategy). So the window's trace session stops at an epoch end and a
+        new one starts with the next epoch's first call, until
+        `profile.num_steps` steps are traced; the report reads every session.
         """
         if self._state == "tracing":
-            self._stop()
-
-    def _marker(self, first_step: int, always: bool = False):
-        if always or self._server:
-            return tf.profiler.experimental.Trace(STEP_MARKER, step_num=first_step, _r=1)
-        return contextlib.nullcontext()
+            self._stop(final=False)
 
     def _start(self) -> str:
         if not self._trace:
@@ -347,7 +426,7 @@ class Profiler:
             return self._state
         if not capture_server.lock.acquire(blocking=False):
             _warn("profiler: an on-demand capture is running; the scheduled trace window is skipped")
-            self._state = "failed"
+            self._state = "failed" if not self._run_dirs else "captured"
             return self._state
         try:
             self._logdir.mkdir(parents=True, exist_ok=True)
@@ -356,32 +435,34 @@ class Profiler:
         except Exception as e:  # pylint: disable=broad-except
             capture_server.lock.release()
             _warn(f"profiler: could not start a trace in {self._logdir}: {e}; training goes on without one")
-            self._state = "failed"
+            self._state = "failed" if not self._run_dirs else "captured"
             return self._state
         self._before = before
         self._state = "tracing"
         return self._state
 
-    def _stop(self) -> None:
-        self._state = "captured"
+    def _stop(self, final: bool = True) -> None:
+        self._state = "captured" if final else "paused"
         if not self._trace:
             return
         try:
             tf.profiler.experimental.stop()
         except Exception as e:  # pylint: disable=broad-except
             _warn(f"profiler: could not write the trace to {self._logdir}: {e}")
-            self._state = "failed"
+            self._state = "failed" if not self._run_dirs else "captured"
             return
         finally:
             capture_server.lock.release()
         new = capture_server.run_dirs(self._logdir) - self._before
-        self._run_dir = max(new, key=os.path.getmtime) if new else None
+        if new:
+            self._run_dirs.append(max(new, key=os.path.getmtime))
         traced = self._traced
-        print(
-            f"[tfpipe] profiled {traced['steps']} steps ({traced['calls']} loop calls from step "
-            f"{traced['first_step']}) -> {self._run_dir}",
-            flush=True,
-        )
+        if final:
+            print(
+                f"[tfpipe] profiled {traced['steps']} steps ({traced['calls']} step markers from step "
+                f"{traced['first_step']}, {len(self._run_dirs)} trace session(s)) -> {self._logdir / 'plugins' / 'profile'}",
+                flush=True,
+            )
 
     def finish(self, config=None) -> dict | None:
         """Ends an open window and writes `report.json`, `report.png` and a summary.
@@ -393,35 +474,45 @@ class Profiler:
         Returns:
             The report dict, or None when no window was captured.
         """
-        if self._state == "tracing":
-            self._stop()
-        if self._state == "waiting" or self._state == "warm":
+        if self._state in ("tracing", "paused"):
+            if self._state == "tracing":
+                self._stop()
+            else:
+                self._state = "captured"
+                traced = self._traced
+                print(f"[tfpipe] profiled {traced['steps']} steps ({traced['calls']} step markers from step "
+                      f"{traced['first_step']}, {len(self._run_dirs)} trace session(s))", flush=True)  # fmt: skip
+        if self._state in ("waiting", "warm"):
             if self._cfg.enabled:
-                print(
-                    f"[tfpipe] no profile: the run ended before profile.start_step={self._cfg.start_step} "
-                    f"plus one warm-up call",
-                    flush=True,
-                )
+                print(f"[tfpipe] no profile: {self.window_note or 'the run ended before the window opened'}",
+                      flush=True)  # fmt: skip
             return None
-        if self._state != "captured" or self._run_dir is None:
+        if self._state != "captured" or not self._run_dirs:
             return None
         traced = self._traced
         always_on = None
-        if traced["wait_seconds"] and traced["seconds"]:
+        if self._timer and self._timer.enabled and traced["seconds"]:
             always_on = traced["wait_seconds"] / traced["seconds"]
+        note = self.window_note
+        if traced["steps"] < self._cfg.num_steps:
+            note = (note + "; " if note else "") + (
+                f"the run ended after {traced['steps']} of profile.num_steps={self._cfg.num_steps} traced steps"
+            )
         try:
             # Imported here: the converters load a large native library.
             from tfpipe.profile import report as report_lib  # pylint: disable=import-outside-toplevel
 
             self.report = report_lib.analyze(
-                self._run_dir,
+                self._run_dirs[-1],
                 out_dir=self._workdir,
-                steps_per_marker=self._unrolled,
+                steps_per_marker=dict(self._sizes),
                 config=config,
                 always_on_input_wait_fraction=always_on,
+                run_dirs=self._run_dirs,
+                window_note=note,
             )
             print(report_lib.summary(self.report), flush=True)
         except Exception as e:  # pylint: disable=broad-except
-            _warn(f"profiler: could not analyse {self._run_dir}: {type(e).__name__}: {e}")
+            _warn(f"profiler: could not analyse {self._run_dirs}: {type(e).__name__}: {e}")
             return None
         return self.report

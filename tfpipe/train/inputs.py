@@ -74,8 +74,11 @@ class TrainInput:
     with `it = self.iterator` passed in as an argument.
     """
 
-    def __init__(self, strategy, mode: str, dataset_fn: Callable, data_cfg=None):
+    def __init__(self, strategy, mode: str, dataset_fn: Callable, data_cfg=None, stamped: bool = False):
         self._strategy = strategy
+        # The datasets carry each batch's ready time (pipeline.build(stamp=True));
+        # next_batch then returns (batch, ready_time).
+        self.stamped = stamped
         self._dataset_fn = dataset_fn
         supported = _iterator_supported(strategy)
         if mode == "iterator" and not supported:
@@ -139,8 +142,19 @@ class TrainInput:
         self.iterator = iter(self._strategy.distribute_datasets_from_function(skipped))
 
     def next_batch(self, iterator):
-        """The next step's arguments for `strategy.run`; call inside the compiled loop."""
+        """The next step's arguments for `strategy.run`; call inside the compiled loop.
+
+        With `stamped`, `(arguments, ready_time)`: when the batch was finished.
+        """
         batch = next(iterator)
+        if self.stamped:
+            batch, ready = batch[:2], batch[2]
+            # Per replica under a distributed dataset: the last one to be ready counts.
+            ready = tf.reduce_max(tf.stack(self._strategy.experimental_local_results(ready)))
+            return self._slice(batch), ready
+        return self._slice(batch)
+
+    def _slice(self, batch):
         if self.mode == "replay":
             return batch
         replicas = self._strategy.num_replicas_in_sync

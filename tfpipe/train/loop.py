@@ -103,8 +103,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
 
-    def input_fn(split, training):
-        return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training)
+    def input_fn(split, training, stamp=False):
+        return lambda ctx: pipeline.build(cfg.data, split, global_batch, ctx, training=training, stamp=stamp)
 
     eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
     if coordinator:
@@ -112,7 +112,11 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
         # The coordinator evaluates inline, reading the variables from the ps tasks.
         eval_datasets = {split: pipeline.build(cfg.data, split, global_batch, training=False) for split in eval_splits}
     else:
-        train_data = inputs.TrainInput(strategy, _input_mode(cfg), input_fn("train", True), cfg.data)
+        # Stamped: each batch carries when it was ready, for the input-wait timer.
+        stamp = cfg.profile.measure_input_wait
+        train_data = inputs.TrainInput(
+            strategy, _input_mode(cfg), input_fn("train", True, stamp), cfg.data, stamped=stamp
+        )
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     features_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec[0]
 
@@ -163,6 +167,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
             f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
     train_data.start(int(step), checkpointer.latest)
+    profiler.plan(total_steps, int(step), steps_per_epoch)  # a run too short for the window gets it earlier
 
     # ---------------------------------------------------------------- Loop
     writers = {

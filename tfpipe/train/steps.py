@@ -123,7 +123,9 @@ class Steps:
     def _train_step(self, iterator, index, done, verdict):
         # The input-wait timer brackets the fetch; `done` is when the previous
         # step's updates finished (tfpipe/profile/trace.py).
-        batch = self.input_timer.next(iterator, done, fetch=self.train_data.next_batch)
+        batch = self.input_timer.next(
+            iterator, done, fetch=self.train_data.next_batch, stamped=getattr(self.train_data, "stamped", False)
+        )
         # Gradients are checked before they are applied (tfpipe/train/faults.py).
         grads, outputs, loss, bad = self.strategy.run(self.compute_step, args=batch)
         ok, verdict = self.nonfinite.check(self.strategy, index, loss, bad, verdict)

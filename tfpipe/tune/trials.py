@@ -1,0 +1,287 @@
+"""Trials: one config (plus overrides) measured in a child process, repeated, remembered.
+
+A trial is a short real training window of a config: the same model,
+optimizer, strategy, input pipeline and compiled loop calls as
+`tfpipe.train`, in a fresh `python -m tfpipe.tune.window` process (so an
+out-of-memory kill or a crash ends that trial, not the tuner). The first
+call and a warm-up are dropped; a few timed windows follow and their median
+is the run's figure. A trial is repeated `repeats` times (one process each);
+its figure is the median over runs and its noise the run-to-run spread.
+
+Every finished run is appended to a JSON store, keyed by what was measured
+(config file contents, overrides, window settings, run index), so a tuning
+session that is interrupted and started again repeats no finished run.
+Each run prints one progress line.
+
+Example:
+
+```python
+from tfpipe.tune import trials
+store = trials.Store("runs/tune/trials.json")
+runner = trials.Runner("configs/images_cnn.yaml", "runs/tune", store)
+m = runner.measure(["data.map.num_parallel_calls=1"], repeats=3, label="sequential map")
+m["examples_per_sec"], m["noise"], m["runs"][0]["peak_rss_mb"]
+```
+
+The API is `Store`, `Runner` (`run`, `measure`, `ceiling`) and
+`WindowSettings`; the other tuners (batch size, learning rate, sweeps)
+build on these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+# Exit statuses a child ends with when the kernel kills it; SIGKILL is what
+# the out-of-memory killer sends.
+_SIGNALS = {-9: "killed (SIGKILL: out of memory?)", -11: "crashed (SIGSEGV)", -6: "aborted (SIGABRT)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSettings:
+    """How long one run measures.
+
+    Args:
+        warmup_seconds: dropped after the first (compiling) call; tf.data's
+            autotuner and the thread pools settle here.
+        window_seconds: the length of each timed window.
+        windows: timed windows per run; the run's figure is their median.
+        timeout_seconds: a run still going after this is killed and recorded
+            as failed (a hang ends one trial, not the tuner).
+    """
+
+    warmup_seconds: float = 3.0
+    window_seconds: float = 2.0
+    windows: int = 3
+    timeout_seconds: float = 300.0
+
+
+class Store:
+    """Finished runs, kept in one JSON file (a list of records) and rewritten atomically.
+
+    Args:
+        path: the JSON file; it is read if it exists, so a restarted session
+            finds the runs already done.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._records: dict[str, dict] = {}
+        if self.path.exists():
+            try:
+                records = json.loads(self.path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.path}: not a trial store (invalid JSON: {e.msg}, line {e.lineno})") from None
+            self._records = {r["key"]: r for r in records}
+
+    def get(self, key: str) -> dict | None:
+        return self._records.get(key)
+
+    def add(self, record: dict) -> None:
+        self._records[record["key"]] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text(json.dumps(list(self._records.values()), indent=1), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def __len__(self):
+        return len(self._records)
+
+
+def _error_line(stderr: str) -> str:
+    """The last line of a child's stderr that says what went wrong (TensorFlow logs a lot besides)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line or "Killed" in line:
+            return line[:400]
+    return lines[-1][:400] if lines else ""
+
+
+def _say(msg: str) -> None:
+    print(f"[tune] {msg}", flush=True)
+
+
+class Runner:
+    """Runs trials of one config in child processes and keeps them in a `Store`.
+
+    Args:
+        config: the YAML file every trial starts from.
+        workdir: scratch space for the children (`workdir/trials/`).
+        store: where finished runs are kept (and found again on resume).
+        base_overrides: `--set` overrides applied before every trial's own.
+        settings: a `WindowSettings`.
+        log: called with each progress line; default prints `[tune] ...`.
+    """
+
+    def __init__(self, config, workdir, store: Store, base_overrides: Sequence[str] = (),
+                 settings: WindowSettings | None = None, log: Callable[[str], None] = _say):  # fmt: skip
+        self.config = os.path.abspath(config)
+        self.workdir = Path(workdir)
+        self.store = store
+        self.base_overrides = list(base_overrides)
+        self.settings = settings or WindowSettings()
+        self.log = log
+        self._config_digest = hashlib.sha256(Path(self.config).read_bytes()).hexdigest()[:16]
+
+    def _key(self, kind: str, overrides: Sequence[str], index: int, profile: bool) -> str:
+        what = {"config": self._config_digest, "overrides": self.base_overrides + list(overrides), "kind": kind,
+                "settings": dataclasses.asdict(self.settings), "run": index, "profile": profile}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+    def run(self, overrides: Sequence[str] = (), index: int = 0, kind: str = "train", label: str = "",
+            profile: bool = False) -> dict:
+        """One run in a child process (or its stored record when it ran before).
+
+        Args:
+            overrides: `a.b=value` strings applied after `base_overrides`.
+            index: which repeat this is (repeats are stored separately).
+            kind: `train` (a training window) or `ceiling` (input alone and
+                model alone; see `tfpipe.tune.window`).
+            label: shown in the progress line.
+            profile: after the timed windows, trace one window with tfpipe's
+                profiler; the bottleneck report lands in `result["report"]`
+                (its `recommendations` are the diagnosis).
+
+        Returns:
+            A record: `status` ("ok", "failed", "timeout"), `returncode`,
+            `error` (one line, "" when ok), `examples_per_sec` (median of the
+            windows), `step_ms`, `cpu_sec_per_example`, `peak_rss_mb`,
+            `seconds` (the child's whole life), `overrides`, `result` (the
+            child's full output), `cached` (True when read from the store).
+        """
+        key = self._key(kind, overrides, index, profile)
+        known = self.store.get(key)
+        label = label or (" ".join(overrides) or "as configured")
+        if known is not None:
+            self.log(f"{label} run {index + 1}: {_describe(known)} (done before, from {self.store.path.name})")
+            return {**known, "cached": True}
+        record = self._spawn(kind, overrides, key, profile)
+        record.update(key=key, kind=kind, overrides=list(overrides), index=index, label=label)
+        self.store.add(record)
+        self.log(f"{label} run {index + 1}: {_describe(record)}")
+        return {**record, "cached": False}
+
+    def _spawn(self, kind: str, overrides, key: str, profile: bool) -> dict:
+        s = self.settings
+        child_dir = self.workdir / "trials" / key
+        child_dir.mkdir(parents=True, exist_ok=True)
+        out = child_dir / "result.json"
+        out.unlink(missing_ok=True)
+        spec = {"config": self.config, "overrides": self.base_overrides + list(overrides), "kind": kind,
+                "workdir": str(child_dir), "out": str(out), "warmup_seconds": s.warmup_seconds,
+                "window_seconds": s.window_seconds, "windows": s.windows, "profile": profile}
+        spec_path = child_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        env = dict(os.environ)
+        # The child imports this very tfpipe, wherever it was imported from.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "tfpipe.tune.window", str(spec_path)], env=env,
+                                  capture_output=True, text=True, timeout=s.timeout_seconds, check=False)
+        except subprocess.TimeoutExpired as e:
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            (child_dir / "stderr.txt").write_text(err, encoding="utf-8")
+            return {"status": "timeout", "returncode": None, "seconds": round(time.perf_counter() - start, 1),
+                    "error": f"no result after {s.timeout_seconds:.0f} s (killed)"}
+        seconds = round(time.perf_counter() - start, 1)
+        (child_dir / "stderr.txt").write_text(proc.stderr, encoding="utf-8")
+        if proc.returncode != 0 or not out.exists():
+            error = _SIGNALS.get(proc.returncode) or _error_line(proc.stderr) or f"exit status {proc.returncode}"
+            return {"status": "failed", "returncode": proc.returncode, "seconds": seconds, "error": error}
+        result = json.loads(out.read_text(encoding="utf-8"))
+        record = {"status": "ok", "returncode": 0, "seconds": seconds, "error": "", "result": result,
+                  "peak_rss_mb": result.get("peak_rss_mb")}
+        if kind == "train":
+            windows = result["windows"]
+            eps = statistics.median(w["examples_per_sec"] for w in windows)
+            batch = _batch_size(self.config, self.base_overrides + list(overrides))
+            record.update(
+                examples_per_sec=round(eps, 2),
+                step_ms=round(1000 * batch / eps, 3),
+                cpu_sec_per_example=statistics.median(w["cpu_sec_per_example"] for w in windows),
+                window_spread=_spread([w["examples_per_sec"] for w in windows]),
+            )
+        return record
+
+    def measure(self, overrides: Sequence[str] = (), repeats: int = 3, label: str = "", profile: bool = False) -> dict:
+        """`repeats` runs of one trial: their median and run-to-run noise.
+
+        With `profile`, the first run also traces a window (see `run`).
+
+        Returns:
+            `examples_per_sec` (median over the runs that finished; None if
+            none did), `noise` (relative spread (max - min) / median over
+            the runs; with one run, the spread of its windows), `step_ms`,
+            `cpu_sec_per_example`, `peak_rss_mb` (max), `status` ("ok" if
+            every run finished, else the first failure's), `error`, `runs`.
+        """
+        runs = [self.run(overrides, i, label=label, profile=profile and i == 0) for i in range(repeats)]
+        ok = [r for r in runs if r["status"] == "ok"]
+        failed = [r for r in runs if r["status"] != "ok"]
+        if not ok:
+            return {"examples_per_sec": None, "noise": None, "status": failed[0]["status"],
+                    "error": failed[0]["error"], "runs": runs, "overrides": list(overrides)}
+        rates = [r["examples_per_sec"] for r in ok]
+        eps = statistics.median(rates)
+        noise = _spread(rates) if len(ok) > 1 else ok[0]["window_spread"]
+        return {
+            "examples_per_sec": round(eps, 2),
+            "noise": round(noise, 4),
+            "step_ms": round(statistics.median(r["step_ms"] for r in ok), 3),
+            "cpu_sec_per_example": statistics.median(r["cpu_sec_per_example"] for r in ok),
+            "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in ok),
+            "status": failed[0]["status"] if failed else "ok",
+            "error": failed[0]["error"] if failed else "",
+            "runs": runs,
+            "overrides": list(overrides),
+        }
+
+    def ceiling(self, overrides: Sequence[str] = ()) -> dict:
+        """The CPU ceiling of a config: `cores / (CPU-s per example of input alone + of model alone)`.
+
+        Returns:
+            The child's figures (`cpu_ceiling_examples_per_sec`,
+            `input_examples_per_sec`, `model_examples_per_sec`, their CPU
+            seconds per example, `cores`), or `{"status": "failed", "error": ...}`.
+        """
+        record = self.run(overrides, kind="ceiling", label="ceiling: input alone, model on one cached batch")
+        if record["status"] != "ok":
+            return {"status": record["status"], "error": record["error"]}
+        return {"status": "ok", **{k: v for k, v in record["result"].items() if k not in ("input", "model")}}
+
+
+def _spread(values) -> float:
+    values = list(values)
+    return (max(values) - min(values)) / statistics.median(values) if values else 0.0
+
+
+def _batch_size(config, overrides) -> int:
+    from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    return config_lib.load(config, overrides).train.batch_size
+
+
+def _describe(record: dict) -> str:
+    if record["status"] != "ok":
+        return f"{record['status']}: {record['error']} ({record['seconds']} s)"
+    if record.get("kind") == "ceiling" or "examples_per_sec" not in record:
+        r = record["result"]
+        return (f"input alone {r['input_examples_per_sec']:,.0f} ex/s ({1e6 * r['input_cpu_sec_per_example']:.1f} "
+                f"CPU-us/ex), model alone {r['model_examples_per_sec']:,.0f} ex/s "
+                f"({1e6 * r['model_cpu_sec_per_example']:.1f} CPU-us/ex), CPU ceiling "
+                f"{r['cpu_ceiling_examples_per_sec']:,.0f} ex/s on {r['cores']} cores ({record['seconds']} s)")
+    return (f"{record['examples_per_sec']:,.0f} ex/s, step {record['step_ms']:.2f} ms, "
+            f"{1e6 * record['cpu_sec_per_example']:.1f} CPU-us/ex, peak RSS {record['peak_rss_mb']:,.0f} MB "
+            f"({record['seconds']} s)")
+

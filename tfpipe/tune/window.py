@@ -1,0 +1,314 @@
+"""What runs inside one trial's child process: short, real measurement windows.
+
+The parent (`tfpipe.tune.trials`) starts `python -m tfpipe.tune.window SPEC`
+in a fresh process per trial, so a crash or an out-of-memory kill ends one
+trial and not the tool, and every trial starts with fresh thread pools and
+graphs. SPEC is a JSON file: `{"config", "overrides", "workdir", "kind",
+"warmup_seconds", "window_seconds", "windows", "out"}`; the child writes its
+result as JSON to `out`.
+
+Kinds (a plain dict, `KINDS`):
+
+- `train`: tfpipe's own training step (`tfpipe.train.steps.Steps`, the same
+  model, optimizer, strategy, input and loop calls as `tfpipe.train`),
+  `train.steps_per_loop` steps per call, clipped at epoch ends as the loop
+  does. The first call (tracing) and `warmup_seconds` after it are dropped;
+  when `data.cache` is set the warm-up also covers the first epoch, which
+  fills the cache (its time is reported as `cache_fill_seconds`). Then
+  `windows` windows of at least `window_seconds` each are timed, with one
+  host sync per window. No evaluation, checkpoints or profiling: a trial
+  measures training throughput only.
+- `ceiling`: the two halves of the CPU ceiling, the way the tf.data paper
+  measures them. The input pipeline alone (batches pulled inside a compiled
+  loop, so Python's own per-call cost is not counted), and the same model
+  and step fed one cached batch repeated ("perfect input"). Each gives
+  examples/sec and CPU-seconds per example (`time.process_time`, all
+  threads of the process). `cpu_ceiling = cores / (cpu_in + cpu_model)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class _Clock:
+    """Wall and CPU seconds since `start()` (CPU: every thread of the process)."""
+
+    def start(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _trainer(cfg, dataset_fn=None):
+    """Model, optimizer, input and compiled steps as `tfpipe.train.loop.run` sets them up.
+
+    Args:
+        cfg: the trial's `Config`.
+        dataset_fn: `InputContext | None -> Dataset`; default the config's
+            training pipeline. The ceiling's model half passes one cached batch.
+
+    Returns:
+        `(steps, steps_per_epoch)`.
+    """
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tfpipe import models  # pylint: disable=import-outside-toplevel
+    from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
+    from tfpipe.profile import trace  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import faults, inputs, optimizers  # pylint: disable=import-outside-toplevel
+    from tfpipe.train.steps import Metrics, Steps  # pylint: disable=import-outside-toplevel
+
+    strategies.configure_devices(cfg.runtime)
+    keras.utils.set_random_seed(cfg.runtime.seed)
+    strategy = strategies.make_strategy(cfg.runtime)
+    if strategies.is_parameter_server(strategy):
+        raise ValueError("runtime.strategy: parameter_server trials are not supported; tune with default or mirrored")
+    batch = cfg.train.batch_size
+    strategies.check_batch(batch, strategy)
+    train_source = sources.load(cfg.data, "train")
+    steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / batch)
+    if dataset_fn is None:
+        dataset_fn = lambda ctx: pipeline.build(cfg.data, "train", batch, ctx, training=True)  # noqa: E731
+    mode = cfg.checkpoint.input if not cfg.data.service.address else "replay"
+    train_data = inputs.TrainInput(strategy, mode, dataset_fn, cfg.data)
+    features_spec = pipeline.build(cfg.data, "train", batch, training=False).element_spec[0]
+    lr = strategies.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
+    with strategy.scope():
+        input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
+        with strategies.precision_policy(cfg.runtime):
+            model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
+        optimizer = strategies.wrap_optimizer(optimizers.build(cfg.optimizer, lr), cfg.runtime)
+        optimizer.build(model.trainable_variables)
+        train_metrics, eval_metrics = Metrics(cfg.model.loss, "train"), Metrics(cfg.model.loss, "eval")
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    steps = Steps(
+        strategy, model, optimizer, keras.losses.get(cfg.model.loss), train_metrics, eval_metrics,
+        faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps),
+        trace.InputWaitTimer(cfg.profile.measure_input_wait), step, train_data,
+        jit_compile=cfg.runtime.jit_compile,
+    )  # fmt: skip
+    train_data.start(0)
+    return steps, steps_per_epoch
+
+
+class _Calls:
+    """Loop calls as `tfpipe.train` makes them: `train.steps_per_loop` steps, clipped at epoch ends."""
+
+    def __init__(self, steps, steps_per_epoch, cfg):
+        self.steps, self.steps_per_epoch, self.cfg = steps, steps_per_epoch, cfg
+        self.current = 0
+        self.profiler = None
+
+    def __call__(self):
+        epoch_end = (self.current // self.steps_per_epoch + 1) * self.steps_per_epoch
+        n = min(self.cfg.train.steps_per_loop, epoch_end - self.current)
+        if self.profiler:
+            results = self.profiler.call(self.steps.train_call, self.current, n)
+        else:
+            results = self.steps.train_call(n)
+        self.current += n
+        if self.profiler and self.current == epoch_end:
+            self.profiler.end_of_epoch()
+        return results, n
+
+
+def _loop_windows(steps, steps_per_epoch, cfg, spec, warmup_steps_at_least=0, profile_dir=None) -> dict:
+    """Runs loop calls as `tfpipe.train` does; drops warm-up, times `windows` windows.
+
+    With `profile_dir`, the timed windows are followed by one profiled window
+    (tfpipe's own `Profiler`, as in training) whose report is returned too.
+    """
+    call = _Calls(steps, steps_per_epoch, cfg)
+    clock = _Clock()
+    clock.start()
+    results, _ = call()
+    float(results[0])  # the first call traces and compiles
+    compile_seconds, _ = clock.stop()
+    clock.start()
+    while clock.stop()[0] < spec["warmup_seconds"] or call.current < warmup_steps_at_least:
+        results, _ = call()
+        float(results[0])
+    warmup_seconds, _ = clock.stop()
+    windows = []
+    for _ in range(spec["windows"]):
+        clock.start()
+        done = 0
+        # Calls are queued without reading results (as the loop does between
+        # progress-bar redraws); one read per 0.2 s keeps the window bounded.
+        last_sync = time.perf_counter()
+        while True:
+            results, n = call()
+            done += n
+            if time.perf_counter() - last_sync > 0.2:
+                float(results[0])
+                last_sync = time.perf_counter()
+                if clock.stop()[0] >= spec["window_seconds"]:
+                    break
+        float(results[0])
+        wall, cpu = clock.stop()
+        examples = done * cfg.train.batch_size
+        windows.append({"steps": done, "seconds": round(wall, 4), "examples_per_sec": round(examples / wall, 2),
+                        "cpu_sec_per_example": cpu / examples})
+    out = {"compile_seconds": round(compile_seconds, 3), "warmup_seconds": round(warmup_seconds, 3),
+           "windows": windows, "final_loss": float(results[0])}
+    if profile_dir is not None:
+        out["report"] = _profile(call, profile_dir)
+    return out
+
+
+def _profile(call: _Calls, profile_dir) -> dict | None:
+    """One trace window from the next call on, reported by `tfpipe.profile` as in training."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+
+    from tfpipe.profile import trace  # pylint: disable=import-outside-toplevel
+
+    cfg = call.cfg
+    profile_cfg = dataclasses.replace(cfg.profile, enabled=True, start_step=call.current, server_port=0)
+    call.profiler = trace.Profiler(profile_cfg, profile_dir, call.steps.input_timer)
+    # One warm-up call compiles the unrolled loop, then enough calls for the
+    # window, plus one to close it.
+    per_call = min(cfg.train.steps_per_loop, call.steps_per_epoch)
+    for _ in range(2 + math.ceil(profile_cfg.num_steps / per_call)):
+        results, _ = call()
+    float(results[0])
+    report = call.profiler.finish(cfg)
+    call.profiler = None
+    return report
+
+
+def _train(cfg, spec) -> dict:
+    steps, steps_per_epoch = _trainer(cfg)
+    # A cache fills during the first epoch: that epoch is warm-up, the
+    # steady state is what the remaining epochs see.
+    fill = steps_per_epoch + 1 if cfg.data.cache else 0
+    profile_dir = os.path.join(spec["workdir"], "profile") if spec.get("profile") else None
+    out = _loop_windows(steps, steps_per_epoch, cfg, spec, warmup_steps_at_least=fill, profile_dir=profile_dir)
+    if fill:
+        out["cache_fill_seconds"] = out["warmup_seconds"]
+    return out
+
+
+def _input_alone(cfg, spec) -> dict:
+    """The training pipeline alone; batches pulled by a compiled loop (no Python per batch)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
+    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
+
+    strategies.configure_devices(cfg.runtime)
+    batch = cfg.train.batch_size
+    iterator = iter(pipeline.build(cfg.data, "train", batch, training=True))
+
+    @tf.function
+    def pull(n):
+        for _ in tf.range(n):
+            element = next(iterator)
+        return tf.nest.flatten(element)[0][0]
+
+    clock = _Clock()
+    clock.start()
+    chunk = 8
+    while clock.stop()[0] < spec["warmup_seconds"]:
+        pull(tf.constant(chunk))
+    # Chunks sized to ~0.2 s so the timing's own cost is negligible.
+    clock.start()
+    pull(tf.constant(chunk))
+    chunk = max(1, int(chunk * 0.2 / max(clock.stop()[0], 1e-4)))
+    windows = []
+    for _ in range(spec["windows"]):
+        clock.start()
+        pulled = 0
+        while clock.stop()[0] < spec["window_seconds"]:
+            pull(tf.constant(chunk))
+            pulled += chunk
+        wall, cpu = clock.stop()
+        windows.append({"examples_per_sec": pulled * batch / wall, "cpu_sec_per_example": cpu / (pulled * batch)})
+    return {"windows": windows}
+
+
+def _model_alone(cfg, spec) -> dict:
+    """The same model and step fed one cached batch, repeated (the tf.data paper's upper bound)."""
+    from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
+
+    batch = cfg.train.batch_size
+    one = lambda ctx: pipeline.build(cfg.data, "train", batch, ctx, training=True).take(1).cache().repeat()  # noqa: E731
+    steps, steps_per_epoch = _trainer(cfg, dataset_fn=one)
+    return _loop_windows(steps, steps_per_epoch, cfg, spec)
+
+
+def _median(windows, key):
+    values = sorted(w[key] for w in windows)
+    return values[len(values) // 2]
+
+
+def _ceiling(cfg, spec) -> dict:
+    # Both halves in one process, input first: the model half's TensorFlow
+    # runtime would otherwise keep threads busy while the input is timed.
+    inp = _input_alone(cfg, spec)
+    mod = _model_alone(cfg, spec)
+    cpu_in = _median(inp["windows"], "cpu_sec_per_example")
+    cpu_model = _median(mod["windows"], "cpu_sec_per_example")
+    n = cores()
+    return {
+        "cores": n,
+        "input_examples_per_sec": _median(inp["windows"], "examples_per_sec"),
+        "input_cpu_sec_per_example": cpu_in,
+        "model_examples_per_sec": _median(mod["windows"], "examples_per_sec"),
+        "model_cpu_sec_per_example": cpu_model,
+        "cpu_ceiling_examples_per_sec": n / (cpu_in + cpu_model),
+        "input": inp,
+        "model": mod,
+    }
+
+
+KINDS = {"train": _train, "ceiling": _ceiling}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB (VmHWM)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def main(spec_path: str) -> int:
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    from absl import logging  # pylint: disable=import-outside-toplevel
+
+    logging.set_verbosity(logging.ERROR)
+    from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    cfg = config_lib.load(spec["config"], spec["overrides"])
+    os.makedirs(spec["workdir"], exist_ok=True)
+    result = KINDS[spec["kind"]](cfg, spec)
+    result["peak_rss_mb"] = peak_rss_mb()
+    tmp = spec["out"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(tmp, spec["out"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
