@@ -196,3 +196,9 @@ def test_sigterm_drains_accepted_requests(mlp_run, mlp):
     assert proc.returncode == 0, err
     assert (results["ok"], results["wrong"], results["failed"], results["lost"]) == (20, 0, 0, 0), results
     assert "drained 20 request(s)" in out
+
+
+def test_tune_serving_needs_model_dir_and_slo(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tune.py"), "serving", "--workdir", str(tmp_path),
+                          "--slo_p99_ms", "20"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--model_dir is required" in out.stderr and "Traceback" not in out.stderr

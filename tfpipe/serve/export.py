@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpipe import config as config_lib
@@ -108,6 +109,18 @@ def preprocessor(steps, raw: dict):
         return x
 
     return run
+
+
+def raw_examples(data_cfg, split: str = "test", limit: int = 256) -> dict:
+    """Up to `limit` raw examples of a split as name -> numpy array (what a client would send)."""
+    raw = raw_spec(data_cfg)
+    source = sources.load(data_cfg, split)
+    ds = source.examples if source.reader is None else source.dataset
+    feats = [f for f, _ in ds.take(limit).as_numpy_iterator()]
+    if len(raw) == 1:
+        (name, _), = raw.items()
+        return {name: np.array(feats, dtype=object if isinstance(feats[0], bytes) else None)}
+    return {k: np.array([f[k] for f in feats], dtype=object if isinstance(feats[0][k], bytes) else None) for k in raw}
 
 
 def next_version(base: Path) -> int:

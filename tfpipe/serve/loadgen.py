@@ -28,6 +28,7 @@ with loadgen.Runner() as runner:
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import multiprocessing
 import random
@@ -80,7 +81,7 @@ class _Tally:
             "seconds": wall, "throughput": len(self.latencies) / wall if wall else 0.0,
             "latency_ms": {**pct, "mean": float(lat.mean()) if len(lat) else None,
                            "max": float(lat[-1]) if len(lat) else None},
-            "first_error": self.first_error, **extra,
+            "first_error": self.first_error, "latencies_ms": lat.tolist(), **extra,
         }
 
 
@@ -247,28 +248,83 @@ def open_loop(url, bodies, expected, rate, requests, max_seconds=30.0, atol=1e-4
     return _run(_open(url, bodies, np.asarray(expected), rate, requests, max_seconds, atol, seed, max_connections))
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from the results of several load-generator processes run at the same time."""
+    if len(parts) == 1:
+        return parts[0]
+    lat = np.sort(np.concatenate([np.asarray(p["latencies_ms"]) for p in parts]))
+    out = dict(parts[0])
+    for k in ("sent", "ok", "wrong", "failed", "lost"):
+        out[k] = sum(p[k] for p in parts)
+    codes: dict = {}
+    for p in parts:
+        for c, n in p["codes"].items():
+            codes[c] = codes.get(c, 0) + n
+    out["codes"] = codes
+    out["seconds"] = max(p["seconds"] for p in parts)
+    out["throughput"] = sum(p["throughput"] for p in parts)
+    if "offered_rate" in out:
+        out["offered_rate"] = sum(p["offered_rate"] for p in parts)
+        out["rate"] = sum(p["rate"] for p in parts)
+    if "concurrency" in out:
+        out["concurrency"] = sum(p["concurrency"] for p in parts)
+    out["first_error"] = next((p["first_error"] for p in parts if p["first_error"]), "")
+    out["latencies_ms"] = lat.tolist()
+    out["latency_ms"] = {**{f"p{p:g}": float(np.percentile(lat, p)) if len(lat) else None for p in PERCENTILES},
+                         "mean": float(lat.mean()) if len(lat) else None, "max": float(lat[-1]) if len(lat) else None}
+    return out
+
+
+def _split(total: int, k: int) -> list[int]:
+    return [total // k + (1 if i < total % k else 0) for i in range(k)]
+
+
 class Runner:
-    """Runs the load generator in one separate process, reused across calls."""
+    """Runs the load generator in `processes` separate processes, reused across calls.
+
+    Each call splits the clients (closed loop) or the arrival rate (open
+    loop: independent Poisson streams add up to a Poisson stream) across
+    the processes and merges their answers. More than one process lets the
+    client keep up with a batching server when one Python process cannot.
+    """
+
+    def __init__(self, processes: int = 1):
+        self.processes = processes
 
     def __enter__(self):
-        self.pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = concurrent.futures.ProcessPoolExecutor(self.processes,
+                                                           mp_context=multiprocessing.get_context("spawn"))
         return self
 
     def __exit__(self, *exc):
         self.pool.shutdown()
 
-    def closed(self, *args, **kwargs) -> dict:
-        return self.pool.submit(closed_loop, *args, **kwargs).result()
+    def closed(self, url, bodies, expected, concurrency, requests, **kwargs) -> dict:
+        k = max(1, min(self.processes, concurrency))
+        jobs = [self.pool.submit(closed_loop, url, bodies, expected, c, r, **kwargs)
+                for c, r in zip(_split(concurrency, k), _split(requests, k))]
+        return merge([j.result() for j in jobs])
 
-    def open(self, *args, **kwargs) -> dict:
-        return self.pool.submit(open_loop, *args, **kwargs).result()
+    def open(self, url, bodies, expected, rate, requests, **kwargs) -> dict:
+        k, seed = self.processes, kwargs.pop("seed", 0)
+        jobs = [self.pool.submit(open_loop, url, bodies, expected, rate / k, r, seed=seed + i, **kwargs)
+                for i, r in enumerate(_split(requests, k))]
+        return merge([j.result() for j in jobs])
+
+
+def _jsonable(v):
+    if isinstance(v, bytes):  # TF Serving's encoding of binary strings
+        return {"b64": base64.b64encode(v).decode()}
+    if isinstance(v, np.ndarray) and v.dtype == object:
+        return [_jsonable(x) for x in v]
+    return v
 
 
 def request_bodies(rows: dict) -> list[bytes]:
-    """One row-format body per example: `rows` maps input name -> list of per-example values."""
+    """One row-format body per example: `rows` maps input name -> array of per-example values."""
     names = list(rows)
     n = len(rows[names[0]])
+    opt = orjson.OPT_SERIALIZE_NUMPY
     if len(names) == 1:
-        return [orjson.dumps({"instances": [rows[names[0]][i]]}, option=orjson.OPT_SERIALIZE_NUMPY) for i in range(n)]
-    return [orjson.dumps({"instances": [{k: rows[k][i] for k in names}]}, option=orjson.OPT_SERIALIZE_NUMPY)
-            for i in range(n)]
+        return [orjson.dumps({"instances": [_jsonable(rows[names[0]][i])]}, option=opt) for i in range(n)]
+    return [orjson.dumps({"instances": [{k: _jsonable(rows[k][i]) for k in names}]}, option=opt) for i in range(n)]
