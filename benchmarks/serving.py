@@ -298,8 +298,12 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
-    results = {name: bench_model(name, run, args.rounds, rates, args.scale, args.max_seconds, args.client_processes)
-               for name, run in runs.items()}
+    results = {}
+    for name, run in runs.items():
+        results[name] = bench_model(name, run, args.rounds, rates, args.scale, args.max_seconds, args.client_processes)
+        # Written after each model too, so a cut-short run keeps what it measured.
+        results_file.write(args.out, {"models": results, "loadavg_before": load_before, "cpus": os.cpu_count(),
+                                      "partial": True})
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
     text = table(results)

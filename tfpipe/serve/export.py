@@ -26,6 +26,7 @@ path = export.export_run("runs/mlp")          # runs/mlp/export/mlp/1
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -40,6 +41,7 @@ from tfpipe.data import pipeline, preprocess, sources
 # Steps a server must not run: they act on labels or drop rows.
 SKIPPED_OPS = frozenset({"one_hot", "binary_label", "drop_missing"})
 OUTPUT_KEY = "predictions"
+STEPS_FILE = "tfpipe_preprocessing.json"
 
 
 def serving_steps(data_cfg) -> tuple:
@@ -144,6 +146,8 @@ def export(model: keras.Model, cfg: config_lib.Config, base_dir, version: int | 
     base = Path(base_dir)
     version = next_version(base) if version is None else version
     raw = raw_spec(cfg.data)
+    # serving_steps is cached per process (pipeline._STATS_CACHE), so the
+    # graph and the steps file below get the same statistics.
     prep = preprocessor(serving_steps(cfg.data), raw)
 
     def serve(features):
@@ -160,6 +164,11 @@ def export(model: keras.Model, cfg: config_lib.Config, base_dir, version: int | 
     path = base / str(version)
     tmp = path.with_name(path.name + ".tmp")
     tf.saved_model.save(module, str(tmp), signatures={"serving_default": concrete})
+    # The steps as run inside the graph, statistics included: a record of what
+    # the export does, and what the naive baseline replays (TF Serving ignores
+    # assets.extra/ files it does not know).
+    (tmp / "assets.extra").mkdir(exist_ok=True)
+    (tmp / "assets.extra" / STEPS_FILE).write_text(json.dumps(list(serving_steps(cfg.data)), indent=1))
     # TF Serving polls the base directory: a half-written version must never
     # appear under its final numeric name.
     os.replace(tmp, path)

@@ -41,7 +41,11 @@ def main(argv) -> int:
         print("error: the naive baseline serves single-input models only", file=sys.stderr)
         return 2
     (name, spec), = raw.items()
-    prep = export.preprocessor(export.serving_steps(cfg.data), raw)
+    # The export's own steps and statistics: recomputing `normalize` statistics
+    # here could differ (data.deterministic: false reads another sample).
+    path, _ = servable.resolve(Path(args.workdir) / "export" / export.model_name(cfg))
+    steps = json.loads((path / "assets.extra" / export.STEPS_FILE).read_text())
+    prep = export.preprocessor(steps, raw)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the load generator expects

@@ -83,7 +83,7 @@ class Servable:
         if row_format:
             if not isinstance(value, list) or not value:
                 raise BadRequest("instances: expected a non-empty list with one entry per example")
-            if len(names) == 1 and not isinstance(value[0], dict):
+            if len(names) == 1 and not (isinstance(value[0], dict) and set(value[0]) != {"b64"}):
                 columns = {names[0]: value}
             else:
                 columns = {}
