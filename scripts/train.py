@@ -2,7 +2,9 @@
 
     python scripts/train.py --config configs/digits_mlp.yaml [--workdir DIR] [--set train.epochs=5 ...]
 
-Config errors end the run with one line naming the key and what was expected.
+Config errors end the run with one line naming the key and what was expected;
+bad data with one line naming the file and record (TFPIPE_TRACEBACK=1 shows
+the TensorFlow error behind it).
 Exit codes: 0 done, 2 config or data error, 3 non-finite loss (train.on_nonfinite:
 stop), 4 no checkpoint in the workdir can be restored, 5 lost contact with
 another task of a multi-worker cluster (restart the whole job), 143 preempted
@@ -53,6 +55,8 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DataError as e:
+        if os.environ.get("TFPIPE_TRACEBACK"):  # the TensorFlow error behind it, for a bug report
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except faults.Preempted as e:

@@ -421,10 +421,14 @@ def test_measurement_off_leaves_no_fraction(tmp_path):
     assert np.isfinite(metrics["loss"])
 
 
-@pytest.mark.parametrize("other, cause", [(0.6, "dispatch"), (0.05, "compute")])
-def test_not_input_bound_names_dispatch_or_compute(other, cause):
-    # 0.4 ms steps, 2% waiting: the model side. Most of a step neither input
-    # nor compute is per-call dispatch, and the first advice is more steps per call.
+@pytest.mark.parametrize(
+    "steps_per_loop, step_ms, other, cause",
+    [(1, 0.4, 0.05, "dispatch"), (50, 10.0, 0.6, "dispatch"), (50, 10.0, 0.05, "compute")],
+)
+def test_not_input_bound_names_dispatch_or_compute(steps_per_loop, step_ms, other, cause):
+    # 2% waiting: the model side. Calls of one 0.4 ms step, or steps mostly
+    # neither input nor compute, are per-call dispatch, and the first advice
+    # is more steps per call; 0.5 s calls of plain compute are compute.
     profile = {
         "shares": {"input": 0.02, "host_compute": 0.98 - other, "device_compute": 0.0, "other": other},
         "input_share": 0.02,
@@ -432,13 +436,31 @@ def test_not_input_bound_names_dispatch_or_compute(other, cause):
         "slowest_input_stages": [],
         "steps_per_marker": 5,
         "markers": 20,
-        "step_time_ms": {"mean": 0.4},
+        "step_time_ms": {"mean": step_ms},
     }
-    cfg = {"train": {"steps_per_loop": 1}, "data": {"prefetch": -1}}
+    cfg = {"train": {"steps_per_loop": steps_per_loop}, "data": {"prefetch": -1}}
     found, _ = report.diagnose(profile, cfg)
     assert found == cause
     recs = report.recommend({**profile, "cause": found}, cfg)
     if cause == "dispatch":
-        assert recs[0]["key"] == "train.steps_per_loop" and recs[0]["value"] >= 50, recs
+        assert recs[0]["key"] == "train.steps_per_loop" and recs[0]["value"] > steps_per_loop, recs
     else:
         assert recs[0]["key"] is None and "model side" in recs[0]["why"], recs
+
+
+@pytest.mark.slow
+def test_short_run_window_moves_earlier_and_spans_epochs(tmp_path):
+    # 80 steps in calls of 40 (the epoch's end cuts steps_per_loop=50): the
+    # window asked for at step 200 would never open, and 40 traced steps in
+    # calls of 2 do not fit in one epoch. The window moves, pauses at the
+    # epoch end, resumes, and holds at least 20 markers.
+    cfg = tfpipe.load_config(str(ROOT / "configs/digits_mlp.yaml"), overrides=[
+        "train.epochs=2", "profile.start_step=200", "profile.num_steps=40",
+    ])  # fmt: skip
+    tfpipe.train(cfg, tmp_path)
+    result = json.loads((tmp_path / "report.json").read_text())
+    assert "moved to step" in result["window_note"], result["window_note"]
+    assert len(result["profile_dirs"]) == 2, result["profile_dirs"]
+    assert result["markers"] >= 20, result["markers"]
+    assert result["cause"] in report.CAUSES and result["recommendations"], result
+    assert result["input_wait_fraction_always_on"] is not None

@@ -234,8 +234,9 @@ class DataConfig:
     deterministic: bool = True
     options: OptionsConfig = _section(OptionsConfig)
     # Preflight before training: "full" reads every record (and decodes every
-    # image) to find bad ones, "quick" checks files, headers and the first
-    # record, "off" skips it.
+    # image) to find bad ones, "quick" checks every image header, TFRecord
+    # framing and the first records/lines (bounded time), "off" skips it and
+    # the in-graph label and NaN/inf checks (tfpipe/data/guards.py).
     check: str = _field("quick", choices=("full", "quick", "off"))
     # Skip bad records instead of failing; needs check: full, which counts them.
     ignore_errors: bool = False

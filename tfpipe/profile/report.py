@@ -97,6 +97,16 @@ _ASYNC_WORK = {"ParallelMap", "ParallelMapV2", "MapAndBatch", "ParallelInterleav
 # A per-example stage doing less own work than this per element is mostly
 # tf.data's per-element bookkeeping (measured here: a cheap map ~5-15 us).
 PER_ELEMENT_US = 30.0
+# Elements per step from which a per-example map is taken for per-element
+# overhead whatever its cost per element: a bare source stage alone costs
+# 1-4 us per element here (a millisecond a step at 256), more on a busy host,
+# where a cheap map measured 300 us per element of wall time; batching first
+# is the first thing to try. (A heuristic: the trace cannot tell a map's CPU
+# from its waiting for a core.)
+MANY_ELEMENTS = 256
+# Compiled calls shorter than this are dominated by the per-call cost of
+# calling from Python (a fraction of a millisecond each).
+DISPATCH_CALL_MS = 5.0
 # "other" (neither input nor compute) above this share names dispatch.
 DISPATCH_SHARE = 0.30
 
@@ -342,6 +352,20 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
     """
     shares, share = report["shares"], report["input_share"]
     data = (cfg or {}).get("data", {}) or {}
+    # The run's own calls: tfpipe's window may run shorter ones than
+    # train.steps_per_loop; a plain program's calls are its markers.
+    call_steps = ((cfg or {}).get("train", {}) or {}).get("steps_per_loop") or report["steps_per_marker"]
+    call_ms = report["step_time_ms"]["mean"] * call_steps
+    # One or two steps per call and calls under SHORT_CALL_MS also count: on
+    # a loaded host a tiny step can take milliseconds, the per-call cost with it.
+    short = call_ms < DISPATCH_CALL_MS or (call_steps <= 2 and call_ms < SHORT_CALL_MS)
+    if share < HIGHLY_AT and short:
+        # Calls this short: even a moderate input share is mostly the
+        # iterator's per-call hand-over, which more steps per call also amortize.
+        return "dispatch", (
+            f"{share:.1%} of step time waits for input and each compiled call runs {call_steps} step(s) "
+            f"in {call_ms:.2f} ms: Python and per-call dispatch costs are a large share of it"
+        )
     if share < MODERATELY_AT:
         if shares["other"] >= DISPATCH_SHARE:
             return "dispatch", (
@@ -355,7 +379,7 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
     iterators = " ".join(s["iterator"] for s in stages)
     overlapped = any(name in iterators for name in ("Prefetch", "ParallelMap", "MapAndBatch", "ParallelBatch"))
     prefix = f"{share:.1%} of step time waits for input"
-    if (cfg and data.get("prefetch") == 0 and not overlapped) or (not cfg and stages and not overlapped):
+    if (data and data.get("prefetch") == 0 and not overlapped) or (not data and stages and not overlapped):
         return "no_prefetch", (
             f"{prefix} and no stage works ahead of the step (no prefetch, nothing parallel): "
             "input and compute take turns"
@@ -365,15 +389,19 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
     name, rate = top["stage"], _rate_text(top)
     if name in _GENERATORS or "Generator" in top["iterator"]:
         return "python_source", f"{prefix} and the Python generator source does the most work ({rate})"
-    if name in _READERS or name in _INTERLEAVES:
+    reading = any(f"::{i}::" in top["iterator"] for i in _INTERLEAVES)
+    if name in _READERS or name in _INTERLEAVES or reading:
         read = data.get("read", {}) if isinstance(data.get("read"), dict) else {}
-        sequential = (read.get("num_parallel_calls") == 1 or read.get("cycle_length") == 1) if cfg else (
-            "ParallelInterleave" not in iterators
+        sequential = (read.get("num_parallel_calls") == 1 or read.get("cycle_length") == 1) if data else (
+            "ParallelInterleave" not in top["iterator"]
         )
         if sequential:
             return "interleave", f"{prefix} and files are read one at a time: {name} does the most work ({rate})"
         return "source_read", f"{prefix} and reading the files does the most work ({name}, {rate})"
-    per_element = top["elements_per_step"] >= 8 and top["work_us_per_element"] < PER_ELEMENT_US
+    eps, us = top["elements_per_step"], top["work_us_per_element"]
+    # Cheap work per element, or so many elements a step that tf.data's own
+    # bookkeeping (its cost per element grows with a busy host) dominates.
+    per_element = (eps >= 8 and us < PER_ELEMENT_US) or eps >= MANY_ELEMENTS
     if name in _SEQUENTIAL_MAP | _PARALLEL_MAP | {"Batch", "BatchV2"} and per_element:
         return "per_element_overhead", (
             f"{prefix}; {name} handles {top['elements_per_step']:.0f} elements a step at "
@@ -433,7 +461,7 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
     steps = mapc.get("steps") or ()
     batchable = all(isinstance(st, dict) and st.get("op") in preprocess.BATCHABLE for st in steps)
     random_steps = any(isinstance(st, dict) and st.get("op") in preprocess.RANDOM_OPS for st in steps)
-    map_sequential = mapc.get("num_parallel_calls") == 1 if cfg else any(
+    map_sequential = mapc.get("num_parallel_calls") == 1 if data else any(
         s["stage"] in _SEQUENTIAL_MAP for s in report.get("slowest_input_stages", [])[:2]
     )
 
@@ -443,14 +471,14 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             "[tf.data: map(..., num_parallel_calls=tf.data.AUTOTUNE)]")  # fmt: skip
 
     def cache(what):
-        if cfg and data.get("cache"):
+        if data.get("cache"):
             return
         add("data.cache", "memory",
             f"{input_pct}; {what}: caching after the deterministic steps does it once, not every epoch "
             "(a file path when the data does not fit in memory) [tf.data: cache() after the deterministic work]")  # fmt: skip
 
     def vectorize():
-        if cfg and not batchable:
+        if data and not batchable:
             return
         add("data.map.vectorized", True,
             "each example pays tf.data's per-element cost; batching first and mapping whole batches pays it "
@@ -599,7 +627,9 @@ def _stages(rows: list[dict], window_ms: float, steps: int) -> list[dict]:
     """
     merged: dict = {}
     for row in rows:
-        it = str(row["opName"])
+        # A repeated or interleaved input is a new iterator each time
+        # (ForeverRepeat[8]::FlatMap[0]::Generator): one stage for all of them.
+        it = re.sub(r"\[\d+\]", "", str(row["opName"]))
         m = merged.setdefault(it, {"iterator": it, "stage": it.split("::")[-1], "count": 0, "total_ms": 0.0, "self_ms": 0.0})
         m["count"] += int(row.get("count") or 0)
         m["total_ms"] += row.get("timeInMs") or 0.0
@@ -611,15 +641,35 @@ def _stages(rows: list[dict], window_ms: float, steps: int) -> list[dict]:
         name = s["stage"]
         s["kind"] = "buffer" if name in _BUFFERS else ("parallel" if name in _ASYNC_WORK else "work")
         s["work_ms"] = 0.0 if s["kind"] == "buffer" else s["self_ms"]
+        if s["kind"] == "parallel":
+            # Its workers also wait on its input, whose events run on those
+            # workers' threads rather than nested in this stage's: that
+            # waiting is the input's work, not this stage's.
+            child = merged.get(s["iterator"] + "::" + _child_of(s["iterator"], merged))
+            if child:
+                s["work_ms"] = max(0.0, s["self_ms"] - child["total_ms"])
         s["self_share"] = s["self_ms"] / total_self if total_self else 0.0
         n = max(1, s["count"])
+        # A fused map-and-batch is called once per batch but maps every
+        # example: its elements are what its input produced.
+        if name == "MapAndBatch":
+            child = merged.get(s["iterator"] + "::" + _child_of(s["iterator"], merged), {})
+            n = max(n, child.get("count", 0))
+        s["elements"] = n
         s["work_us_per_element"] = 1000.0 * s["work_ms"] / n
-        s["elements_per_step"] = s["count"] / steps if steps else 0.0
-        s["elements_per_sec"] = s["count"] / window_s if window_s else 0.0
+        s["elements_per_step"] = n / steps if steps else 0.0
+        s["elements_per_sec"] = n / window_s if window_s else 0.0
         s["capacity_per_sec"] = n / (s["work_ms"] / 1000.0) if s["work_ms"] else None
         s["utilization"] = s["work_ms"] / window_ms if window_ms else 0.0
     stages.sort(key=lambda s: -s["work_ms"])
     return stages
+
+
+def _child_of(iterator: str, merged: dict) -> str:
+    """The last name of `iterator`'s direct input stage, '' if none."""
+    prefix = iterator + "::"
+    children = [k[len(prefix):] for k in merged if k.startswith(prefix) and "::" not in k[len(prefix):]]
+    return children[0] if children else ""
 
 
 def _mark_timer_stage(stages: list[dict], cfg: dict | None) -> None:

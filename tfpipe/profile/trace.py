@@ -317,7 +317,8 @@ class Profiler:
         """Runs one call of the training loop, `train_call(num_steps, unrolled=...)`.
 
         Ordinary calls run as they are (the loop stays a graph while-loop).
-        The warm-up call, the calls in the trace window, and every call while
+        The window opens in the call that holds the step it starts at. The
+        warm-up, the calls in the trace window, and every call while
         a profiler server runs (so that an on-demand capture finds steps too)
         run unrolled. In the window a call is split into pieces of
         `num_steps // MIN_MARKERS` steps (the rest as single steps), each in
@@ -329,7 +330,7 @@ class Profiler:
         """
         first_call = self._calls == 0
         self._calls += 1
-        if self._state == "waiting" and first_step >= self._start_at:
+        if self._state == "waiting" and first_step + num_steps > self._start_at:
             # Compiles the traced functions (a piece unrolled, one step)
             # outside the window; the window opens right after, in this call.
             self._state, results = "warm", None

@@ -54,6 +54,7 @@ def _input_mode(cfg) -> str:
     return "replay"
 
 
+@check.names_bad_input  # a TF error from the input pipeline -> one line naming the file
 def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     """Trains, evaluates and exports the model `cfg` describes.
 
@@ -273,7 +274,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
     }
     if cfg.data.ignore_errors:
         metrics["skipped_records"] = data_report.bad_records
-        _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records (listed at start-up)")
+        metrics["skipped_examples"] = data_report.names
+        check.summarize_skipped(data_report, writers["train"], step=int(step))
+        _say(f"data.ignore_errors: skipped {data_report.bad_records} bad records"
+             + (f", first: {', '.join(data_report.names)}" if data_report.names else "") + " (listed at start-up)")
     with open(outdir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     strategies.cleanup_output_dir(outdir, workdir)
