@@ -308,6 +308,17 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """The serving export written at the end of training (tfpipe/serve/export.py)."""
+
+    # Also write a SavedModel with the deterministic preprocessing inside, in
+    # TensorFlow Serving's layout export/<name>/<version>/ (costs a few seconds).
+    serving: bool = False
+    # Model name in the layout and the REST path; "" = model.name.
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     strategy: str = _field(
         "default",
@@ -372,6 +383,7 @@ class Config:
     optimizer: OptimizerConfig = _section(OptimizerConfig)
     train: TrainConfig = _section(TrainConfig)
     checkpoint: CheckpointConfig = _section(CheckpointConfig)
+    export: ExportConfig = _section(ExportConfig)
     runtime: RuntimeConfig = _section(RuntimeConfig)
     profile: ProfileConfig = _section(ProfileConfig)
 

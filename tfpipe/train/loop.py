@@ -267,6 +267,12 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
 
     # ---------------------------------------------------------------- Export
     exported = custom.export(model, cfg, strategy, outdir / "model.keras")  # compiled: predict and evaluate
+    if cfg.export.serving:
+        # Imported here: serving sits on top of training, not under it.
+        from tfpipe.serve import export as serve_export  # pylint: disable=import-outside-toplevel
+
+        served = serve_export.export(model, cfg, outdir / "export" / serve_export.model_name(cfg))
+        _say(f"exported serving_default -> {served}")
 
     # ---------------------------------------------------------------- Report
     metrics = {

@@ -52,8 +52,23 @@ def _pipeline(fl) -> int:
     return pipeline.main(fl)
 
 
+# ---- serving
+flags.DEFINE_string("model_dir", None, "serving: the export to tune (export/<name> or a version directory).")
+flags.DEFINE_float("slo_p99_ms", None, "serving: the p99 latency the request rate must stay under.")
+flags.DEFINE_float("serving_probe_seconds", 3.0, "serving: seconds of Poisson arrivals per probed rate.")
+flags.DEFINE_float("serving_min_gain", 0.05, "serving: a knob change is kept only above this gain in rate.")
+
+
+def _serving(fl) -> int:
+    from tfpipe.tune import serving  # pylint: disable=import-outside-toplevel
+
+    return serving.main(fl)
+
+
 # Mode name -> run(flags) -> exit status.
-MODES = {"pipeline": _pipeline}
+MODES = {"pipeline": _pipeline, "serving": _serving}
+# Flags a mode cannot run without (default: --config and --workdir).
+REQUIRED = {"serving": ("model_dir", "slo_p99_ms", "workdir")}
 
 
 def settings(fl):
@@ -81,14 +96,15 @@ def main(argv) -> int:
         got = " ".join(argv[1:]) or "nothing"
         print(f"error: expected one mode ({modes}). Received: {got}", file=sys.stderr)
         return 2
-    for name in ("config", "workdir"):
+    for name in REQUIRED.get(argv[1], ("config", "workdir")):
         if not FLAGS[name].value:
             print(f"error: --{name} is required", file=sys.stderr)
             return 2
     import tfpipe  # pylint: disable=import-outside-toplevel
 
     try:
-        tfpipe.load_config(FLAGS.config, overrides=FLAGS.set)  # one line and exit 2, before any trial
+        if FLAGS.config:  # serving reads the run's own config unless given one
+            tfpipe.load_config(FLAGS.config, overrides=FLAGS.set)  # one line and exit 2, before any trial
         return MODES[argv[1]](FLAGS)
     except tfpipe.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
