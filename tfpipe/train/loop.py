@@ -206,6 +206,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
                 float(results[0])
                 traced, start = True, time.perf_counter()
                 wait_start = input_timer.seconds()
+                # Neither its steps nor its seconds count, so what the profiler
+                # booked for it (a window moved to step 0 starts here) is dropped
+                # too; subtracting it later made examples_per_sec negative.
+                profiler.pop_profiled_time()
             else:
                 epoch_steps += n
             now = time.perf_counter()
