@@ -479,6 +479,7 @@ def check_split(data_cfg, split: str, report: Report, values: bool = True, deadl
     if empty:
         raise DataError(empty)
     if not source.files and data_cfg.source != "npz":
+        report.looked_at.append(f"{split}: {source.num_examples} built-in examples, no files to read")
         return
     start = time.monotonic()
     decode_steps = _decode_steps(data_cfg)

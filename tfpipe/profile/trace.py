@@ -343,7 +343,7 @@ class Profiler:
             if not num_steps:
                 return results
         if self._state in ("warm", "paused"):
-            self._start()
+            self._timed(self._start)
         if self._state != "tracing":
             return self._run(train_call, first_step, num_steps, unrolled=self._server, profiled=False)
         results, step, left = None, first_step, num_steps
@@ -352,10 +352,17 @@ class Profiler:
             results = self._traced_call(train_call, step, n, profiled=True)
             step, left = step + n, left - n
             if self._enough():
-                self._stop()
+                self._timed(self._stop)
         if left:
             results = self._run(train_call, step, left, unrolled=self._server, profiled=False)
         return results
+
+    def _timed(self, fn, *args):
+        # Starting and stopping a trace session (writing the trace) take
+        # tenths of a second: booked as profiler time, never as training time.
+        start = time.perf_counter()
+        fn(*args)
+        self._profiled[1] += time.perf_counter() - start
 
     def _enough(self) -> bool:
         # xprof leaves out the first and last marker of a trace session
@@ -434,7 +441,20 @@ class Profiler:
         `profile.num_steps` steps are traced; the report reads every session.
         """
         if self._state == "tracing":
-            self._stop(final=False)
+            self._timed(self._stop, False)
+
+    def abort(self) -> None:
+        """Closes a trace session left open by a failed run, so that the
+        process (a notebook kernel, a test session) can profile again."""
+        if self._state == "tracing":
+            self._state = "failed"
+            if self._trace:
+                try:
+                    tf.profiler.experimental.stop()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+                finally:
+                    capture_server.lock.release()
 
     def _start(self) -> str:
         if not self._trace:

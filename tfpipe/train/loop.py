@@ -174,96 +174,100 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     profiler.plan(total_steps, int(step), steps_per_epoch)  # a run too short for the window gets it earlier
 
     # ---------------------------------------------------------------- Loop
-    writers = {
-        name: tf.summary.create_file_writer(str(outdir / "logs" / name)) for name in ("train", "validation")
-    }
-    # Throughput counts only loop calls, and not the first call of the process
-    # (it traces and compiles). Results are read back (a host sync) only when
-    # the progress bar is due to redraw and at epoch ends, so Python queues the
-    # next call while the previous one runs, as `fit` does.
-    timed_steps, timed_seconds, timed_wait, traced = 0, 0.0, 0.0, False
-    current = int(step)
-    history = result_lib.read_history(workdir, current)  # a resumed run keeps its earlier epochs
-    values = []
-    while current < total_steps:
-        epoch = current // steps_per_epoch
-        epoch_end = (epoch + 1) * steps_per_epoch
-        line.start(epoch)
-        train_metrics.reset()
-        start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
-        wait_start = input_timer.seconds()
-        while current < epoch_end:
-            n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
-            why = "compiling the training loop" if not traced else profiler.upcoming(current, n)
-            if why:  # a slow call: say what it waits for instead of a stalled bar
-                line.waiting(current - epoch * steps_per_epoch, dict(values), why)
-            if coordinator:  # parameter servers: closures scheduled on workers
-                results = steps.schedule_call(n, current + n >= epoch_end)
-            else:  # marks, traces or unrolls the call when the profiler asks for it
-                results = profiler.call(steps.train_call, current, n)
-            current += n
-            if not traced:  # wait for the tracing call, then start the clock
-                float(results[0])
-                traced, start = True, time.perf_counter()
-                wait_start = input_timer.seconds()
-                # Neither its steps nor its seconds count, so what the profiler
-                # booked for it (a window moved to step 0 starts here) is dropped
-                # too; subtracting it later made examples_per_sec negative.
-                profiler.pop_profiled_time()
-            else:
-                epoch_steps += n
-            now = time.perf_counter()
-            if now - last_draw > 0.2 or current == epoch_end:
-                values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
-                line.update(current - epoch * steps_per_epoch, dict(values), profiler.ms_per_step(epoch_steps, now - start))
-                last_draw = now
-                nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
-            preempted = preemption()  # agreed by all workers of a multi-worker job
-            if checkpointer.due(current) or preempted:
-                nonfinite.after_loop(checkpointer.latest)  # never save past a stop
-                checkpointer.save(current)
-            if preempted:
-                line.close()
-                for writer in writers.values():
-                    writer.flush()
-                raise faults.Preempted(current, checkpointer.latest)
-        profiler.end_of_epoch()
-        epoch_seconds = time.perf_counter() - start
-        epoch_wait = input_timer.seconds() - wait_start
-        # The profiler's calls compile or trace: their time is not throughput.
-        skip_steps, skip_seconds, skip_wait = profiler.pop_profiled_time()
-        epoch_steps, epoch_seconds, epoch_wait = epoch_steps - skip_steps, epoch_seconds - skip_seconds, epoch_wait - skip_wait
-        if epoch_steps:
-            timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
-            timed_wait += epoch_wait
-        result = dict(values)
-
-        with writers["train"].as_default(step=current):
-            for name, value in result.items():
-                tf.summary.scalar(name, value)
-            tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
+    try:
+        writers = {
+            name: tf.summary.create_file_writer(str(outdir / "logs" / name)) for name in ("train", "validation")
+        }
+        # Throughput counts only loop calls, and not the first call of the process
+        # (it traces and compiles). Results are read back (a host sync) only when
+        # the progress bar is due to redraw and at epoch ends, so Python queues the
+        # next call while the previous one runs, as `fit` does.
+        timed_steps, timed_seconds, timed_wait, traced = 0, 0.0, 0.0, False
+        current = int(step)
+        history = result_lib.read_history(workdir, current)  # a resumed run keeps its earlier epochs
+        values = []
+        while current < total_steps:
+            epoch = current // steps_per_epoch
+            epoch_end = (epoch + 1) * steps_per_epoch
+            line.start(epoch)
+            train_metrics.reset()
+            start, epoch_steps, last_draw = time.perf_counter(), 0, 0.0
+            wait_start = input_timer.seconds()
+            while current < epoch_end:
+                n = min(cfg.train.steps_per_loop, epoch_end - current, checkpointer.steps_to_next(current))
+                why = "compiling the training loop" if not traced else profiler.upcoming(current, n)
+                if why:  # a slow call: say what it waits for instead of a stalled bar
+                    line.waiting(current - epoch * steps_per_epoch, dict(values), why)
+                if coordinator:  # parameter servers: closures scheduled on workers
+                    results = steps.schedule_call(n, current + n >= epoch_end)
+                else:  # marks, traces or unrolls the call when the profiler asks for it
+                    results = profiler.call(steps.train_call, current, n)
+                current += n
+                if not traced:  # wait for the tracing call, then start the clock
+                    float(results[0])
+                    traced, start = True, time.perf_counter()
+                    wait_start = input_timer.seconds()
+                    # Neither its steps nor its seconds count, so what the profiler
+                    # booked for it (a window moved to step 0 starts here) is dropped
+                    # too; subtracting it later made examples_per_sec negative.
+                    profiler.pop_profiled_time()
+                else:
+                    epoch_steps += n
+                now = time.perf_counter()
+                if now - last_draw > 0.2 or current == epoch_end:
+                    values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
+                    line.update(current - epoch * steps_per_epoch, dict(values), profiler.ms_per_step(epoch_steps, now - start))
+                    last_draw = now
+                    nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
+                preempted = preemption()  # agreed by all workers of a multi-worker job
+                if checkpointer.due(current) or preempted:
+                    nonfinite.after_loop(checkpointer.latest)  # never save past a stop
+                    checkpointer.save(current)
+                if preempted:
+                    line.close()
+                    for writer in writers.values():
+                        writer.flush()
+                    raise faults.Preempted(current, checkpointer.latest)
+            profiler.end_of_epoch()
+            epoch_seconds = time.perf_counter() - start
+            epoch_wait = input_timer.seconds() - wait_start
+            # The profiler's calls compile or trace: their time is not throughput.
+            skip_steps, skip_seconds, skip_wait = profiler.pop_profiled_time()
+            epoch_steps, epoch_seconds, epoch_wait = epoch_steps - skip_steps, epoch_seconds - skip_seconds, epoch_wait - skip_wait
             if epoch_steps:
-                tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
-                if input_timer.enabled:
-                    tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
-        val = {}
-        if "validation" in eval_datasets:
-            val = steps.evaluate(eval_datasets["validation"])
-            with writers["validation"].as_default(step=current):
-                for name, value in val.items():
+                timed_steps, timed_seconds = timed_steps + epoch_steps, timed_seconds + epoch_seconds
+                timed_wait += epoch_wait
+            result = dict(values)
+
+            with writers["train"].as_default(step=current):
+                for name, value in result.items():
                     tf.summary.scalar(name, value)
-        if skip_seconds:
-            line.note(f"profiler calls {skip_seconds:.1f} s, not counted")
-        ms = 1000 * epoch_seconds / epoch_steps if epoch_steps else None
-        history.append({"epoch": epoch + 1, "step": current, **result, **{f"val_{k}": v for k, v in val.items()},
-                        "examples_per_sec": epoch_steps * global_batch / epoch_seconds if epoch_steps else None})
-        line.end({k: v for k, v in history[-1].items() if k not in ("epoch", "step", "examples_per_sec")}, ms)
-        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
-            checkpointer.save(current)
-            result_lib.write_history(outdir, history)  # matches the checkpoint a resume starts from
-    for writer in writers.values():
-        writer.flush()
-    profiler.finish(cfg)
+                tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
+                if epoch_steps:
+                    tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
+                    if input_timer.enabled:
+                        tf.summary.scalar("input_wait_fraction", epoch_wait / epoch_seconds)
+            val = {}
+            if "validation" in eval_datasets:
+                val = steps.evaluate(eval_datasets["validation"])
+                with writers["validation"].as_default(step=current):
+                    for name, value in val.items():
+                        tf.summary.scalar(name, value)
+            if skip_seconds:
+                line.note(f"profiler calls {skip_seconds:.1f} s, not counted")
+            ms = 1000 * epoch_seconds / epoch_steps if epoch_steps else None
+            history.append({"epoch": epoch + 1, "step": current, **result, **{f"val_{k}": v for k, v in val.items()},
+                            "examples_per_sec": epoch_steps * global_batch / epoch_seconds if epoch_steps else None})
+            line.end({k: v for k, v in history[-1].items() if k not in ("epoch", "step", "examples_per_sec")}, ms)
+            if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
+                checkpointer.save(current)
+                result_lib.write_history(outdir, history)  # matches the checkpoint a resume starts from
+        for writer in writers.values():
+            writer.flush()
+        profiler.finish(cfg)
+    except BaseException:
+        profiler.abort()  # a failed run leaves no trace session open in the process
+        raise
 
     # ---------------------------------------------------------------- Evaluate
     split = "test" if "test" in eval_datasets else "validation"

@@ -74,7 +74,7 @@ def _trainer(cfg):
     from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
     from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
     from tfpipe.profile import trace  # pylint: disable=import-outside-toplevel
-    from tfpipe.train import faults, inputs, optimizers  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import custom, faults, inputs, optimizers  # pylint: disable=import-outside-toplevel
     from tfpipe.train.steps import Metrics, Steps  # pylint: disable=import-outside-toplevel
 
     strategies.configure_devices(cfg.runtime)
@@ -91,7 +91,8 @@ def _trainer(cfg):
     dataset_fn = lambda ctx: pipeline.build(cfg.data, "train", batch, ctx, training=True, stamp=stamp)  # noqa: E731
     mode = cfg.checkpoint.input if not cfg.data.service.address else "replay"
     train_data = inputs.TrainInput(strategy, mode, dataset_fn, cfg.data, stamped=stamp)
-    features_spec = pipeline.build(cfg.data, "train", batch, training=False).element_spec[0]
+    features_spec, labels_spec = pipeline.build(cfg.data, "train", batch, training=False).element_spec
+    cfg = custom.resolve_loss(cfg, labels_spec)  # model.loss: auto -> sparse or categorical, as the loop does
     lr = strategies.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
     with strategy.scope():
         input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
