@@ -281,6 +281,7 @@ class Profiler:
         self._sizes: dict[int, int] = {}  # marker step number -> steps it covers
         self._run_dirs: list = []
         self._before = set()
+        self._last_start = 0.0
         self._calls = 0
         self._profiled = [0, 0.0, 0.0]
         self._start_at, self.window_note, self._epoch = profile_cfg.start_step, None, 0
@@ -464,6 +465,12 @@ class Profiler:
             _warn("profiler: an on-demand capture is running; the scheduled trace window is skipped")
             self._state = "failed" if not self._run_dirs else "captured"
             return self._state
+        # TensorFlow names a session's directory by the second it starts:
+        # a second session within the same second would write over the
+        # first one's trace (seen when an epoch end paused and resumed it).
+        if self._run_dirs and int(time.time()) == int(self._last_start):
+            time.sleep(1.05 - (time.time() % 1.0))
+        self._last_start = time.time()
         try:
             self._logdir.mkdir(parents=True, exist_ok=True)
             before = capture_server.run_dirs(self._logdir)

@@ -253,7 +253,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
                 with writers["validation"].as_default(step=current):
                     for name, value in val.items():
                         tf.summary.scalar(name, value)
-            if skip_seconds:
+            if skip_seconds >= 0.05:
                 line.note(f"profiler calls {skip_seconds:.1f} s, not counted")
             ms = 1000 * epoch_seconds / epoch_steps if epoch_steps else None
             history.append({"epoch": epoch + 1, "step": current, **result, **{f"val_{k}": v for k, v in val.items()},
