@@ -2,17 +2,12 @@
 
     python scripts/export.py --workdir RUN [--version N] [--name NAME]   # -> RUN/export/<name>/<version>/
 
-The `serving_default` signature takes raw inputs (pixels, CSV columns, encoded
-image bytes) and runs the config's deterministic preprocessing in the graph.
+The same as `tfpipe export ...`; the program lives in tfpipe/serve/export.py.
 """
 
-import os
 import sys
 
-# Before TensorFlow loads: hide its C++ INFO banner lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from tfpipe.serve import export  # noqa: E402
+from tfpipe import cli
 
 if __name__ == "__main__":
-    sys.exit(export.main(sys.argv[1:]))
+    sys.exit(cli.main(["export", *sys.argv[1:]]))

@@ -6,15 +6,12 @@
     curl -d '{"instances": [[0, 1, ...]]}' http://127.0.0.1:8501/v1/models/mlp:predict
 
 SIGTERM stops taking requests and answers the ones in flight. Options: --help.
+The same as `tfpipe serve ...`; the program lives in tfpipe/serve/server.py.
 """
 
-import os
 import sys
 
-# Before TensorFlow loads: hide its C++ INFO banner lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from tfpipe.serve import server  # noqa: E402
+from tfpipe import cli
 
 if __name__ == "__main__":
-    sys.exit(server.main(sys.argv[1:]))
+    sys.exit(cli.main(["serve", *sys.argv[1:]]))

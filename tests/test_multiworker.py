@@ -51,10 +51,13 @@ def test_cluster_spec_uses_distinct_free_loopback_ports():
 
 @pytest.mark.slow
 def test_two_workers_match_one_worker(tmp_path):
-    multi = run([*LAUNCH, "--num_workers", "2", "--", *TRAIN, "--workdir", str(tmp_path / "multi"),
+    # 10 of the default job's 50 epochs: a step all-reduces between two
+    # processes on two cores, and the full job took 5 minutes on a busy host.
+    short = ["--set", "train.epochs=10"]
+    multi = run([*LAUNCH, "--num_workers", "2", "--", *TRAIN, "--workdir", str(tmp_path / "multi"), *short,
                  "--set", "runtime.strategy=multi_worker_mirrored"])
     assert multi.returncode == 0, multi.stdout[-3000:]
-    single = run([*TRAIN, "--workdir", str(tmp_path / "single")])
+    single = run([*TRAIN, "--workdir", str(tmp_path / "single"), *short])
     assert single.returncode == 0, single.stderr[-3000:]
 
     workers = done_lines(multi.stdout)

@@ -28,7 +28,12 @@ COMMANDS = {
     "make_workload": "tfpipe.commands.make_workload:main",
     "make_tfrecords": "tfpipe.commands.make_tfrecords:main",
     "tune": "tfpipe.tune.cli:main",
+    "export": "tfpipe.serve.export:main",
+    "serve": "tfpipe.serve.server:main",
 }
+# Commands with their own argparse parser: `main(args)` takes the arguments
+# after the command name and returns the exit code (no absl flags).
+ARGPARSE = {"export", "serve"}
 
 
 def _exists(module: str) -> bool:
@@ -82,9 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: tfpipe: unknown command {argv[0]!r}; expected one of {', '.join(commands)}", file=sys.stderr)
         return 2
     import tfpipe  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import  # quiets TensorFlow first
-    from absl import app  # pylint: disable=import-outside-toplevel
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
 
     module_name, _, function = commands[name].partition(":")
     command = getattr(importlib.import_module(module_name), function)
+    if name in ARGPARSE:
+        return command(argv[1:])
+    # absl's --help lists the key flags of the module named by sys.argv[0]
+    # (the `tfpipe` launcher or scripts/x.py): make the command's flags theirs.
+    for flag in flags.FLAGS.get_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(command, argv=[f"tfpipe {name}", *argv[1:]])  # exits with command's return value
     return 0

@@ -476,6 +476,16 @@ def to_dict(cfg) -> dict:
     return plain(cfg)
 
 
+def lookup(tree: dict | None, dotted: str):
+    """The value at `dotted` ("data.map.num_parallel_calls") in a `to_dict` tree, None if absent."""
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def dump(cfg: Config, path: str | os.PathLike) -> None:
     """Writes the resolved config; `load(path)` gives back an equal tree."""
     with open(path, "w", encoding="utf-8") as f:

@@ -18,7 +18,9 @@ is not enough.
 
 It costs nothing after start-up. `TFPIPE_TF_LOGS=1` turns all of it off and
 shows TensorFlow's logging as TensorFlow prints it. If TensorFlow was
-imported before tfpipe, its start-up lines have been printed already.
+imported before tfpipe, its import lines have been printed already; the
+calls that print later (device set-up, profiler sessions) run behind
+`filtered_stderr` too, so their lines stay out either way.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ NOISE = re.compile(
     r"|cpu_feature_guard\.cc|rebuild TensorFlow with the appropriate compiler flags"
     r"|oneDNN custom operations are on|TF_ENABLE_ONEDNN_OPTS|Unable to register cu(?:DNN|FFT|BLAS) factory"
     r"|computation placer already registered|TF-TRT Warning"
+    # glog INFO lines (the profiler's I0000 session lines): printed when
+    # TensorFlow was imported before tfpipe, so its log level was read already.
+    r"|^I\d{4} \d\d:\d\d:\d\d"
 )
 
 
@@ -72,6 +77,11 @@ def filtered_stderr():
             if kept:
                 sys.stderr.write(kept)
                 sys.stderr.flush()
+
+
+def quiet():
+    """`filtered_stderr()`, or nothing when the user asked for TensorFlow's logging."""
+    return contextlib.nullcontext() if verbose() else filtered_stderr()
 
 
 class _QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -65,6 +65,7 @@ class Report:
     checked_records: int = 0
     # What was looked at, per split, for the start-up line.
     looked_at: list = dataclasses.field(default_factory=list)
+    built_in: bool = False  # an in-memory source: nothing on disk to check
     # The first few bad records by name ("file: line N"), for metrics.json.
     names: list = dataclasses.field(default_factory=list)
 
@@ -464,6 +465,16 @@ def _empty(data_cfg, split, source) -> str | None:
     return f"data.source {data_cfg.source}: the training split is empty; expected at least one example"
 
 
+def _each_file(files, deadline, check) -> tuple[int, int]:
+    """Runs `check(path)` on each file until `deadline`: (files checked, sum of what the checks counted)."""
+    counted = 0
+    for k, path in enumerate(files):
+        if deadline and time.monotonic() > deadline:
+            return k, counted
+        counted += check(path)
+    return len(files), counted
+
+
 def check_split(data_cfg, split: str, report: Report, values: bool = True, deadline=None) -> None:
     """Adds the problems of one split's files to `report`.
 
@@ -479,33 +490,25 @@ def check_split(data_cfg, split: str, report: Report, values: bool = True, deadl
     if empty:
         raise DataError(empty)
     if not source.files and data_cfg.source != "npz":
-        report.looked_at.append(f"{split}: {source.num_examples} built-in examples, no files to read")
+        report.looked_at.append(f"{split} {source.num_examples}")
+        report.built_in = True
         return
     start = time.monotonic()
     decode_steps = _decode_steps(data_cfg)
     decode_fns = preprocess.build(decode_steps, training=False)
-    n_files = len(source.files)
     if data_cfg.source == "npz":
         if values and source.num_examples:
             _check_arrays(data_cfg, split, report)
         return
     if data_cfg.source == "tfrecord":
-        read = 0
-        for k, path in enumerate(source.files):
-            if deadline and time.monotonic() > deadline:
-                n_files = k
-                break
-            read += _check_records(path, source, decode_fns, full, report, data_cfg if values else None)
+        n_files, read = _each_file(source.files, deadline, lambda path: _check_records(
+            path, source, decode_fns, full, report, data_cfg if values else None))
         what = f"all {read} records" if full else f"framing of every file, first {QUICK_RECORDS} records of each"
         report.looked_at.append(f"{split}: {n_files} TFRecord files, {what}")
     elif data_cfg.source == "csv":
         columns = sources.csv_columns(data_cfg, sorted(source.files)[0])
-        lines = 0
-        for k, path in enumerate(source.files):
-            if deadline and time.monotonic() > deadline:
-                n_files = k
-                break
-            lines += _check_csv(path, data_cfg, columns, full, report, source if values else None)
+        n_files, lines = _each_file(source.files, deadline, lambda path: _check_csv(
+            path, data_cfg, columns, full, report, source if values else None))
         what = f"all {lines} lines" if full else f"{lines} lines (first {QUICK_LINES} of each)"
         report.looked_at.append(f"{split}: {n_files} CSV files, {what}")
     elif data_cfg.source == "image_folder":
@@ -550,6 +553,9 @@ def preflight(data_cfg, splits=sources.SPLITS, log=print) -> Report:
         return report
     for split in splits:
         check_split(data_cfg, split, report)
+    if report.built_in:
+        log(f"data.check: {data_cfg.source} is built in ({', '.join(report.looked_at)} examples), no files to read")
+        return report
     log(f"data.check: {data_cfg.check}: " + "; ".join(report.looked_at)
         + ("" if data_cfg.check == "full" else " (data.check: full reads everything)"))
     if report.problems:

@@ -369,8 +369,9 @@ def describe(strategy: tf.distribute.Strategy, global_batch_size: int, runtime_c
     """One line with the effective values a run trains with."""
     replicas = strategy.num_replicas_in_sync
     task = current_task()
+    name = type(strategy).__name__
     parts = [
-        f"strategy {type(strategy).__name__}",
+        f"strategy {'default' if name == '_DefaultDistributionStrategy' else name}",
         f"{replicas} replica(s) in sync",
         f"global batch {global_batch_size}",
         f"per-replica batch {global_batch_size // replicas}",
@@ -381,10 +382,14 @@ def describe(strategy: tf.distribute.Strategy, global_batch_size: int, runtime_c
     if task.task_type:
         parts.insert(1, f"task {task.name} of {sum(len(v) for v in task.cluster.values())}")
     if runtime_cfg is not None:
+        # Settings left at their defaults are not repeated: the line stays short.
         if lr is not None:
-            parts.append(f"learning rate {lr:g} (lr_scaling {runtime_cfg.lr_scaling})")
-        parts.append(f"precision {runtime_cfg.mixed_precision}")
-        parts.append(f"jit_compile {runtime_cfg.jit_compile}")
+            scaled = f" (lr_scaling {runtime_cfg.lr_scaling})" if runtime_cfg.lr_scaling != "none" else ""
+            parts.append(f"learning rate {lr:g}{scaled}")
+        if runtime_cfg.mixed_precision != "none":
+            parts.append(f"precision {runtime_cfg.mixed_precision}")
+        if runtime_cfg.jit_compile:
+            parts.append(f"jit_compile {runtime_cfg.jit_compile}")
     return ", ".join(parts)
 
 

@@ -55,6 +55,8 @@ import re
 import statistics
 from pathlib import Path
 
+from tfpipe import config as config_lib
+
 # Verdict bands on the share of step time waiting for input: the profile
 # plugin's own (xprof's input_pipeline_analyzer says "HIGHLY input-bound" at
 # 20% or more, "MODERATELY" from 5%), so tfpipe and TensorBoard use one word.
@@ -356,9 +358,11 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
     # train.steps_per_loop; a plain program's calls are its markers.
     call_steps = ((cfg or {}).get("train", {}) or {}).get("steps_per_loop") or report["steps_per_marker"]
     call_ms = report["step_time_ms"]["mean"] * call_steps
-    # One or two steps per call and calls under SHORT_CALL_MS also count: on
-    # a loaded host a tiny step can take milliseconds, the per-call cost with it.
-    short = call_ms < DISPATCH_CALL_MS or (call_steps <= 2 and call_ms < SHORT_CALL_MS)
+    # Calls of one or two steps count up to twice as long: on a loaded host a
+    # tiny step can take milliseconds, the per-call cost with it. (Not up to
+    # SHORT_CALL_MS: two 8 ms steps of plain compute per call then read as
+    # dispatch.)
+    short = call_ms < DISPATCH_CALL_MS * (2 if call_steps <= 2 else 1)
     if share < HIGHLY_AT and short:
         # Calls this short: even a moderate input share is mostly the
         # iterator's per-call hand-over, which more steps per call also amortize.
@@ -442,7 +446,7 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
     recs: list[dict] = []
 
     def add(key, value, why):
-        current = _lookup(cfg, key) if cfg else None
+        current = config_lib.lookup(cfg, key) if cfg else None
         if cfg and current == value:
             return
         if any(r["key"] == key for r in recs if key):
@@ -514,7 +518,7 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             cache("the per-example map runs again every epoch") if not random_steps else vectorize()
         ),
         "per_element_overhead": vectorize,
-        "shuffle": lambda: add("data.shuffle.buffer_size", max(1, int((_lookup(cfg, "data.shuffle.buffer_size") or 2048) // 4)),
+        "shuffle": lambda: add("data.shuffle.buffer_size", max(1, int((config_lib.lookup(cfg, "data.shuffle.buffer_size") or 2048) // 4)),
                                "the shuffle buffer does the most work; a smaller buffer refills faster"),
         "batch": vectorize,
         "no_prefetch": prefetch,
@@ -697,7 +701,6 @@ def _config_dict(config, run_dir: Path) -> dict | None:
     if config is not None:
         if isinstance(config, dict):
             return config
-        from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
 
         return config_lib.to_dict(config)
     # <workdir>/logs/plugins/profile/<run>/: the resolved config sits in <workdir>.
@@ -711,20 +714,10 @@ def _config_dict(config, run_dir: Path) -> dict | None:
     return None
 
 
-def _lookup(tree: dict | None, dotted: str):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _lookup_default(dotted: str):
     """The default of a config key in this tfpipe version, None if there is no such key."""
-    from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
 
-    return _lookup(config_lib.to_dict(config_lib.Config()), dotted)
+    return config_lib.lookup(config_lib.to_dict(config_lib.Config()), dotted)
 
 
 def _write(report: dict, out_dir: Path) -> None:

@@ -62,6 +62,7 @@ from pathlib import Path
 import tensorflow as tf
 from absl import logging
 
+from tfpipe import logs
 from tfpipe.profile import capture_server
 
 STEP_MARKER = "train"
@@ -281,7 +282,8 @@ class Profiler:
         self._sizes: dict[int, int] = {}  # marker step number -> steps it covers
         self._run_dirs: list = []
         self._before = set()
-        self._last_start = 0.0
+        self._last_stop = 0.0
+        self._sessions = 0  # trace sessions begun, on every worker
         self._calls = 0
         self._profiled = [0, 0.0, 0.0]
         self._start_at, self.window_note, self._epoch = profile_cfg.start_step, None, 0
@@ -369,7 +371,11 @@ class Profiler:
         # xprof leaves out the first and last marker of a trace session
         # (measured: 12 of 16 markers over two sessions), so each session
         # the window spans costs EDGE_MARKERS more.
-        sessions = len(self._run_dirs) + 1
+        # Counted on every worker, tracing or not: under multi_worker_mirrored
+        # all workers must split their calls alike (their collectives pair up
+        # by function); counting the chief's trace directories made the chief
+        # close the window earlier than the others, and the job hung.
+        sessions = self._sessions
         return (
             self._traced["steps"] >= self._cfg.num_steps
             and self._traced["calls"] >= MIN_MARKERS + EDGE_MARKERS * sessions
@@ -458,6 +464,7 @@ class Profiler:
                     capture_server.lock.release()
 
     def _start(self) -> str:
+        self._sessions += 1
         if not self._trace:
             self._state = "tracing"
             return self._state
@@ -465,16 +472,11 @@ class Profiler:
             _warn("profiler: an on-demand capture is running; the scheduled trace window is skipped")
             self._state = "failed" if not self._run_dirs else "captured"
             return self._state
-        # TensorFlow names a session's directory by the second it starts:
-        # a second session within the same second would write over the
-        # first one's trace (seen when an epoch end paused and resumed it).
-        if self._run_dirs and int(time.time()) == int(self._last_start):
-            time.sleep(1.05 - (time.time() % 1.0))
-        self._last_start = time.time()
         try:
             self._logdir.mkdir(parents=True, exist_ok=True)
             before = capture_server.run_dirs(self._logdir)
-            tf.profiler.experimental.start(str(self._logdir))
+            with logs.quiet():  # the session's I0000 lines
+                tf.profiler.experimental.start(str(self._logdir))
         except Exception as e:  # pylint: disable=broad-except
             capture_server.lock.release()
             _warn(f"profiler: could not start a trace in {self._logdir}: {e}; training goes on without one")
@@ -488,8 +490,16 @@ class Profiler:
         self._state = "captured" if final else "paused"
         if not self._trace:
             return
+        # TensorFlow names a session's directory by the second its trace is
+        # written (at stop): a second session written within the same second
+        # as the first would write over its trace (seen when an epoch end
+        # paused the window and the next epoch's calls finished it at once).
+        if self._run_dirs and int(time.time()) == int(self._last_stop):
+            time.sleep(1.05 - (time.time() % 1.0))
         try:
-            tf.profiler.experimental.stop()
+            with logs.quiet():
+                tf.profiler.experimental.stop()
+            self._last_stop = time.time()
         except Exception as e:  # pylint: disable=broad-except
             _warn(f"profiler: could not write the trace to {self._logdir}: {e}")
             self._state = "failed" if not self._run_dirs else "captured"
@@ -543,15 +553,16 @@ class Profiler:
             # Imported here: the converters load a large native library.
             from tfpipe.profile import report as report_lib  # pylint: disable=import-outside-toplevel
 
-            self.report = report_lib.analyze(
-                self._run_dirs[-1],
-                out_dir=self._workdir,
-                steps_per_marker=dict(self._sizes),
-                config=config,
-                always_on_input_wait_fraction=always_on,
-                run_dirs=self._run_dirs,
-                window_note=note,
-            )
+            with logs.quiet():  # xprof's native converters log their own start-up lines
+                self.report = report_lib.analyze(
+                    self._run_dirs[-1],
+                    out_dir=self._workdir,
+                    steps_per_marker=dict(self._sizes),
+                    config=config,
+                    always_on_input_wait_fraction=always_on,
+                    run_dirs=self._run_dirs,
+                    window_note=note,
+                )
             self._log(report_lib.summary(self.report))
         except Exception as e:  # pylint: disable=broad-except
             _warn(f"profiler: could not analyse {self._run_dirs}: {type(e).__name__}: {e}")

@@ -194,8 +194,15 @@ def _one_line(e: Exception) -> str:
 # ---------------------------------------------------------------- export
 
 
-def export(model, cfg, strategy, path):
-    """Saves a compiled copy of `model` to `path` and returns it.
+def export(model, cfg, strategy, path, features_spec=None):
+    """Saves `compiled_copy(model, ...)` to `path` and returns it."""
+    copy = compiled_copy(model, cfg, strategy, features_spec)
+    copy.save(path)
+    return copy
+
+
+def compiled_copy(model, cfg, strategy, features_spec=None):
+    """A compiled copy of `model`, ready for predict and evaluate.
 
     The copy (same weights) is compiled with the run's loss, its accuracy
     and a built optimizer of the configured kind, so `keras.models.load_model`
@@ -204,34 +211,49 @@ def export(model, cfg, strategy, path):
     would attach an optimizer that its checkpoints do not hold (training the
     same model object again would then fail to restore). The optimizer's
     trained slots stay in the checkpoints. A model Keras cannot clone (a
-    subclassed model without get_config) is saved uncompiled, with a warning.
+    subclassed model without get_config) is wrapped in a functional model
+    on `features_spec` inputs, and the wrapper compiled, so the returned
+    model evaluates and the caller's object stays as it was (a rerun with it
+    restores); loading the file later needs the class
+    (`keras.saving.register_keras_serializable`).
     """
     import keras  # pylint: disable=import-outside-toplevel
 
     from tfpipe.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
 
+    def compiled(target, opt):
+        accuracy = steps_lib._ACCURACY[cfg.model.loss](name="accuracy")  # pylint: disable=protected-access
+        target.compile(optimizer=opt, loss=cfg.model.loss, metrics=[accuracy])
+        return target
+
+    def fresh():
+        return keras.optimizers.get(
+            {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
+        )
+
     try:
         with strategy.scope():
             copy = keras.models.clone_model(model)
             copy.set_weights(model.get_weights())
-            optimizer = keras.optimizers.get(
-                {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
-            )
-            accuracy = steps_lib._ACCURACY[cfg.model.loss](name="accuracy")  # pylint: disable=protected-access
-            copy.compile(optimizer=optimizer, loss=cfg.model.loss, metrics=[accuracy])
-            optimizer.build(copy.trainable_variables)
-    except Exception as e:  # pylint: disable=broad-except  # the weights are what matter
-        _say(f"warning: model.keras is saved uncompiled ({type(e).__name__}: {_one_line(e)})")
-        copy = model
-    copy.save(path)
+            compiled(copy, fresh()).optimizer.build(copy.trainable_variables)
+    except Exception:  # pylint: disable=broad-except  # not clonable: a subclassed model
+        try:
+            with strategy.scope():
+                import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+                inputs = tf.nest.map_structure(lambda spec: keras.Input(spec.shape[1:], dtype=spec.dtype), features_spec)
+                copy = compiled(keras.Model(inputs, model(inputs)), fresh())
+        except Exception as e:  # pylint: disable=broad-except  # the weights are what matter
+            _say(f"warning: model.keras is saved uncompiled ({type(e).__name__}: {_one_line(e)})")
+            copy = model
     return copy
 
 
 # ---------------------------------------------------------------- finished runs
 
 
-def finished(workdir: Path, total_steps: int):
-    """The saved results of a run that is done (its model from model.keras); says so."""
+def finished(workdir: Path, total_steps: int, restored=None):
+    """The saved results of a run that is done (its model from model.keras, else `restored()`); says so."""
     from tfpipe.train import result as result_lib  # pylint: disable=import-outside-toplevel
 
     metrics = json.loads((workdir / "metrics.json").read_text(encoding="utf-8"))
@@ -239,4 +261,7 @@ def finished(workdir: Path, total_steps: int):
         f"{workdir} already holds a finished run ({metrics.get('steps', total_steps)} of {total_steps} steps): "
         "nothing to train; returning its saved results. Use a new workdir (or raise train.epochs) to train more"
     )
-    return result_lib.Result.load(workdir)
+    result = result_lib.Result.load(workdir)
+    if result.model is None and restored is not None:
+        result.model = restored()
+    return result

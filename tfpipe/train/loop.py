@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from tfpipe.train import checkpoints
 from tfpipe import config as config_lib
+from tfpipe import logs
 from tfpipe.distribute import strategies
 from tfpipe.train import faults
 from tfpipe.train import optimizers
@@ -82,10 +83,12 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     # ---------------------------------------------------------------- Setup
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    strategies.configure_devices(cfg.runtime)
+    with logs.quiet():  # device set-up logs cuInit & co. when TF was imported before tfpipe
+        strategies.configure_devices(cfg.runtime)
     strategies.serve_parameter_server_task(cfg.runtime)  # ps/worker tasks block here
     keras.utils.set_random_seed(cfg.runtime.seed)
-    strategy = strategies.make_strategy(cfg.runtime)
+    with logs.quiet():
+        strategy = strategies.make_strategy(cfg.runtime)
     faults.keep_sigterm_handler()  # multi_worker_mirrored's coordination service replaces it
     # parameter_server: this process is the coordinator; steps run on workers.
     coordinator = (
@@ -163,13 +166,15 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         model=model, optimizer=optimizer, random=checkpoints.random_state(model),
         **train_data.trackables,
     )  # fmt: skip
-    if checkpointer.restore():
+    restored = checkpointer.restore()
+    if int(step) >= total_steps and (workdir / "metrics.json").exists():
+        # If model.keras does not load (a subclassed model), `model` holds the restored final weights.
+        return custom.finished(workdir, total_steps, lambda: custom.compiled_copy(model, cfg, strategy, features_spec))
+    if restored:
         _say(
             f"resuming from {checkpointer.latest} at step {int(step)} "
             f"(epoch {int(step) // steps_per_epoch} of {cfg.train.epochs}, input {train_data.mode})"
         )
-    if int(step) >= total_steps and (workdir / "metrics.json").exists():
-        return custom.finished(workdir, total_steps)
     train_data.start(int(step), checkpointer.latest)
     profiler.plan(total_steps, int(step), steps_per_epoch)  # a run too short for the window gets it earlier
 
@@ -274,7 +279,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     final = steps.evaluate(eval_datasets[split])
 
     # ---------------------------------------------------------------- Export
-    exported = custom.export(model, cfg, strategy, outdir / "model.keras")  # compiled: predict and evaluate
+    exported = custom.export(model, cfg, strategy, outdir / "model.keras", features_spec)  # compiled: predict and evaluate
     if cfg.export.serving:
         # Imported here: serving sits on top of training, not under it.
         from tfpipe.serve import export as serve_export  # pylint: disable=import-outside-toplevel

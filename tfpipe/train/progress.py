@@ -38,6 +38,16 @@ def _dynamic(stream) -> bool:
     return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
+def _columns(stream) -> int:
+    """The terminal's width when `stream` is one (0 in a notebook: its output does not wrap)."""
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return 0
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return 0
+
+
 class EpochLine:
     """The per-epoch line of one run.
 
@@ -51,6 +61,7 @@ class EpochLine:
         self.stream = stream or sys.stdout
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.dynamic = _dynamic(self.stream)
+        self._columns = _columns(self.stream) if self.dynamic else 0
         self.every = max(1, math.ceil(epochs / KEEP_LINES)) if self.dynamic else 1
         self._live = 0  # length of the redrawable text on screen; 0 = none
         self._epoch = 0
@@ -68,6 +79,10 @@ class EpochLine:
         return text + (f" ({note})" if note else "")
 
     def _draw(self, text: str) -> None:
+        # On a terminal a line longer than the window wraps, and "\r" then
+        # redraws only its last row: each redraw would leave a row behind.
+        if self._columns and len(text) >= self._columns:
+            text = text[: self._columns - 2] + "…"
         pad = " " * max(0, self._live - len(text))
         self.stream.write("\r" + text + pad)
         self.stream.flush()

@@ -54,7 +54,12 @@ class Result(collections.abc.Mapping):
         if model is None and (workdir / "model.keras").exists():
             import keras  # pylint: disable=import-outside-toplevel
 
-            model = keras.models.load_model(workdir / "model.keras")
+            try:
+                model = keras.models.load_model(workdir / "model.keras")
+            except Exception as e:  # pylint: disable=broad-except  # e.g. a subclassed model's class is unknown here
+                why = " ".join(str(e).split())[:200]
+                print(f"[tfpipe] {workdir / 'model.keras'} did not load ({type(e).__name__}: {why}); "
+                      "to load it, register the model's class with keras.saving.register_keras_serializable", flush=True)
         return cls(read("metrics.json", {}), read("history.json", []), model, workdir, read("report.json", None))
 
     # -- the metrics dict

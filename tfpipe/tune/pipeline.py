@@ -250,7 +250,7 @@ def candidates(cfg, ctx, diagnosis: list[dict], knobs=None) -> list[Candidate]:
     tree = config_lib.to_dict(cfg)
     for rec in diagnosis:
         key = rec.get("key")
-        if not key or _get(tree, key) == rec.get("value"):
+        if not key or config_lib.lookup(tree, key) == rec.get("value"):
             continue
         own = [c for _, _, p in knobs for c in p(cfg, ctx) if key in c.change and c.change[key] == rec["value"]]
         if own:  # the same change as a knob's: keep its notes on results and work
@@ -268,15 +268,6 @@ def candidates(cfg, ctx, diagnosis: list[dict], knobs=None) -> list[Candidate]:
             seen.add(sig)
             unique.append(c)
     return unique
-
-
-def _get(tree, dotted):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def default_ram_budget_mb() -> int:
@@ -484,7 +475,7 @@ def diff_lines(start_cfg, tuned_cfg, result: dict) -> list[str]:
         if t["kept"]:
             for k in t["change"]:
                 gains[k] = t["speedup"]
-    return [f"  {k}: {json.dumps(_get(start, k))} -> {json.dumps(_get(tuned, k))}   (x{gains.get(k, 1):.2f} measured)"
+    return [f"  {k}: {json.dumps(config_lib.lookup(start, k))} -> {json.dumps(config_lib.lookup(tuned, k))}   (x{gains.get(k, 1):.2f} measured)"
             for k in result["kept"]]
 
 
