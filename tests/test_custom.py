@@ -140,6 +140,32 @@ def test_own_keras_model_on_arrays_then_a_finished_workdir_is_not_trained_again(
     assert again.history == result.history
 
 
+def test_subclassed_model_evaluates_and_its_finished_workdir_returns_it(tmp_path, capsys):
+    import keras  # pylint: disable=import-outside-toplevel
+
+    class Net(keras.Model):  # no get_config: Keras can neither clone nor load it by name
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(120, 4)).astype("float32"), rng.integers(0, 3, 120)
+    cfg = tfpipe.load_config(overrides=["train.epochs=1", "train.steps_per_epoch=3", "profile.enabled=false",
+                                        "data.map.steps=[]"])
+    net = Net()
+    first = tfpipe.train(cfg, tmp_path / "run", model=net, data={"train": (x, y), "test": (x, y)})
+    scores = first.model.evaluate(x, y, verbose=0)
+    capsys.readouterr()
+    again = tfpipe.train(cfg, tmp_path / "run", model=net, data={"train": (x, y), "test": (x, y)}, resume=True)
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "resuming from" not in out
+    assert "register_keras_serializable" in out  # why model.keras did not load here
+    assert again.model.evaluate(x, y, verbose=0) == pytest.approx(scores)
+
+
 def test_a_notebook_gets_a_fresh_workdir_unless_asked_to_resume(tmp_path, monkeypatch, capsys):
     from tfpipe.train import custom  # pylint: disable=import-outside-toplevel
 

@@ -82,3 +82,23 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     resumed_at = int(line.split(" at step ")[1].split()[0])
     assert resumed_at >= 80 and resumed_at % 40 == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 1200
+
+
+def test_every_command_runs_from_python_m_tfpipe_and_lists_its_flags():
+    # `python -m tfpipe` is the console command; each command's --help lists its own flags.
+    def tfpipe(*args):
+        return subprocess.run([sys.executable, "-m", "tfpipe", *args], capture_output=True, text=True, timeout=300,
+                              cwd=ROOT.parent, check=False)  # fmt: skip
+
+    listing = tfpipe("--help")
+    assert listing.returncode == 0
+    for name in ("train", "tune", "export", "serve", "analyze_profile"):
+        assert f"\n  {name} " in listing.stdout, listing.stdout
+    helps = {"train": "--workdir", "export": "--workdir", "serve": "--max_batch_size"}
+    for name, flag in helps.items():
+        shown = tfpipe(name, "--help")
+        assert shown.returncode == 0 and flag in shown.stdout + shown.stderr, (name, shown.stdout[-2000:])
+    wrong = tfpipe("train", "--config", "no_such_config")
+    assert wrong.returncode == 2 and wrong.stderr.strip().count("\n") == 0 and "no_such_config" in wrong.stderr
+    unknown = tfpipe("trian")
+    assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
