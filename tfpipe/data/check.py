@@ -102,8 +102,16 @@ def _short(e: Exception) -> str:
 
 def _value_steps(data_cfg) -> list:
     # normalize keeps finite values finite and needs the training split's
-    # statistics, so the value scan leaves it out.
-    return [s for s in data_cfg.map.steps if s["op"] != "normalize"]
+    # statistics, so the value scan leaves it out; fill_missing by the mean
+    # fills the same cells as a fill with zero, which needs no statistics.
+    steps = []
+    for s in data_cfg.map.steps:
+        if s["op"] == "normalize":
+            continue
+        if s["op"] == "fill_missing" and s.get("policy", "mean") == "mean" and s.get("means") is None:
+            s = {**s, "policy": "zero"}
+        steps.append(s)
+    return steps
 
 
 def _value_scan(path, indexed, source, data_cfg, unit, first, report) -> int:

@@ -17,6 +17,7 @@ with `data.read.seed`, so every run and every worker sees the same order.
 
 from __future__ import annotations
 
+import csv as csv_lib
 import dataclasses
 import fnmatch
 import functools
@@ -31,7 +32,8 @@ import tensorflow as tf
 from tfpipe.data import feature_spec
 
 SPLITS = ("train", "validation", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# What decode_image reads (decode_crop_jpeg: JPEG only; preflight names others).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +200,8 @@ def csv_columns(data_cfg, first_file: str) -> list[tuple[str, str]]:
                 kind = t
         if kind not in _CSV_TYPES:
             raise ValueError(f"data.csv.columns: {name}: expected one of float, int, string, got {kind!r}")
+        if name == cfg.label_column and cfg.num_classes == 0:
+            kind = "float"  # no classes: the label is a regression target
         types.append((name, kind))
     if cfg.label_column and cfg.label_column not in names:
         raise ValueError(
@@ -237,6 +241,81 @@ def _count_lines(path: str, header: bool) -> int:
     return n - (1 if header else 0)
 
 
+def _file_key(files) -> tuple:
+    """Files with their size and mtime: a cache key that changes when a file does."""
+    return tuple((f, os.path.getsize(f), os.path.getmtime(f)) for f in files)
+
+
+@functools.lru_cache(maxsize=32)
+def _label_values(file_key: tuple, column: int, header: bool, delimiter: str) -> tuple:
+    """Per file: {label value: first line holding it}, read with Python's csv module."""
+    out = []
+    for path, _, _ in file_key:
+        seen: dict = {}
+        with open(path, encoding="utf-8", newline="") as f:
+            for lineno, row in enumerate(csv_lib.reader(f, delimiter=delimiter), start=1):
+                if header and lineno == 1:
+                    continue
+                if column < len(row):  # short rows are preflight's to name
+                    seen.setdefault(row[column], lineno)
+        out.append((path, seen))
+    return tuple(out)
+
+
+def _split_labels(data_cfg, files, columns):
+    names = [n for n, _ in columns]
+    return _label_values(_file_key(files), names.index(data_cfg.csv.label_column), data_cfg.csv.header,
+                         data_cfg.csv.delimiter)
+
+
+def string_labels(data_cfg, columns=None) -> tuple | None:
+    """The class names of a CSV's string label column, sorted: id i is the i-th (None: not string labels).
+
+    Taken from the training split, so every split maps a name to the same id.
+
+    Raises:
+        ValueError: an empty label, or fewer than two classes, naming file and line.
+    """
+    cfg = data_cfg.csv
+    if data_cfg.source != "csv" or not cfg.label_column or cfg.num_classes == 0 or not data_cfg.files.train:
+        return None
+    files = list_files(data_cfg.files.train, data_cfg.read, "data.files.train")
+    columns = columns or csv_columns(data_cfg, sorted(files)[0])
+    if dict(columns)[cfg.label_column] != "string":
+        return None
+    values: dict = {}
+    for path, seen in _split_labels(data_cfg, sorted(files), columns):
+        for value, line in seen.items():
+            values.setdefault(value, (path, line))
+    if "" in values:
+        path, line = values[""]
+        raise ValueError(f"{path}: line {line}: empty label in column {cfg.label_column!r}; expected a class name")
+    if len(values) < 2:
+        raise ValueError(
+            f"data.files.train: column {cfg.label_column!r} holds {len(values)} label value(s) "
+            f"({', '.join(map(repr, values))}); expected at least two classes (or model.loss: mse for numbers)"
+        )
+    return tuple(sorted(values, key=_natural_key))
+
+
+def _natural_key(name: str):
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def _check_known_labels(data_cfg, split, files, columns, labels) -> None:
+    """Every label of a validation or test file must be a training-split class: one line naming the first that is not."""
+    known = set(labels)
+    for path, seen in _split_labels(data_cfg, sorted(files), columns):
+        unseen = sorted(((line, v) for v, line in seen.items() if v not in known))
+        if unseen:
+            line, value = unseen[0]
+            shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+            raise ValueError(
+                f"{path}: line {line}: label {value!r} is not a class of the training split ({shown}); "
+                f"expected one of those (data.files.{split})"
+            )
+
+
 def csv(data_cfg, split: str) -> Source:
     """Rows of CSV files: features are a dict of columns, the label one column.
 
@@ -249,6 +328,10 @@ def csv(data_cfg, split: str) -> Source:
     files = list_files(pattern, data_cfg.read, f"data.files.{split}")
     cfg = data_cfg.csv
     columns = csv_columns(data_cfg, sorted(files)[0])
+    labels = string_labels(data_cfg, columns)
+    if labels is not None and split != "train":
+        _check_known_labels(data_cfg, split, files, columns, labels)
+    num_classes = len(labels) if labels is not None else cfg.num_classes
     defaults = []
     for _, kind in columns:
         if kind == "float":
@@ -260,6 +343,13 @@ def csv(data_cfg, split: str) -> Source:
     names = [n for n, _ in columns]
 
     line_ok = csv_line_regex(columns, cfg.delimiter)
+    table = None
+    if labels is not None:
+        # Names -> ids; a name not in the training split gets -1, which the
+        # label check stops on (preflight has named such lines already).
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(labels), tf.range(len(labels), dtype=tf.int64)), -1
+        )
 
     def reader(path):
         ds = tf.data.TextLineDataset(path)
@@ -277,10 +367,12 @@ def csv(data_cfg, split: str) -> Source:
         values = tf.io.decode_csv(lines, defaults, field_delim=cfg.delimiter)
         row = dict(zip(names, values))
         label = row.pop(cfg.label_column) if cfg.label_column else tf.zeros_like(values[0], tf.int64)
+        if table is not None:
+            label = table.lookup(label)
         return row, label
 
     count = sum(_count_lines(f, cfg.header) for f in files)
-    return Source(num_examples=count, num_classes=cfg.num_classes, files=files, reader=reader, parse=parse)
+    return Source(num_examples=count, num_classes=num_classes, files=files, reader=reader, parse=parse)
 
 
 # ---------------------------------------------------------------- tfrecord
@@ -335,37 +427,77 @@ def tfrecord(data_cfg, split: str) -> Source:
 
 
 def image_folder_classes(root: str) -> list[str]:
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{root}: expected one sub-folder per class, found none")
     return classes
 
 
-def image_folder(data_cfg, split: str) -> Source:
-    """Images in `<root>/<class>/<file>.{jpg,jpeg,png}`; features are the encoded bytes.
+def _images_under(folder: str) -> list[str]:
+    """Image files anywhere below `folder`, sorted; hidden files and folders (.DS_Store, ._x.jpg) left out."""
+    found = []
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(parent, f) for f in sorted(files)
+                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    return found
 
-    Classes are the sorted sub-folder names of the first root; a `decode_image`
-    or `decode_crop_jpeg` step turns the bytes into pixels.
-    """
-    pattern = _split_pattern(data_cfg, split)
-    if not pattern:
-        return Source(num_examples=0, num_classes=0, files=())
-    roots = [r for r in list_files(pattern, data_cfg.read, f"data.files.{split}") if os.path.isdir(r)]
+
+def _image_folder_files(data_cfg, pattern: str, key: str):
+    """(paths, labels, classes) of the class folders under the roots `pattern` names, in sorted order."""
+    roots = [r for r in list_files(pattern, data_cfg.read, key) if os.path.isdir(r)]
     if not roots:
-        raise FileNotFoundError(f"data.files.{split}: {pattern!r} matches no directory")
+        raise FileNotFoundError(f"{key}: {pattern!r} matches no directory")
     classes = image_folder_classes(sorted(roots)[0])
     paths, labels = [], []
     for root in sorted(roots):
         for label, name in enumerate(classes):
             folder = os.path.join(root, name)
-            if not os.path.isdir(folder):
-                continue
-            for fname in sorted(os.listdir(folder)):
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(folder, fname))
-                    labels.append(label)
+            if os.path.isdir(folder):
+                found = _images_under(folder)
+                paths.extend(found)
+                labels.extend([label] * len(found))
     if not paths:
-        raise FileNotFoundError(f"data.files.{split}: no {'/'.join(IMAGE_EXTENSIONS)} files under {pattern!r}")
+        raise FileNotFoundError(f"{key}: no {'/'.join(IMAGE_EXTENSIONS)} files under {pattern!r}")
+    return paths, labels, classes
+
+
+def holdout(labels, fraction: float, seed: int) -> set:
+    """Indices held out of each class: round(fraction * n) of its n (at least one when n >= 2), seeded."""
+    rng = np.random.default_rng(seed)
+    held = set()
+    labels = np.asarray(labels)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(fraction * len(idx)))
+        k = max(k, 1) if len(idx) >= 2 else 0
+        held.update(int(i) for i in rng.permutation(idx)[:k])
+    return held
+
+
+def image_folder(data_cfg, split: str) -> Source:
+    """Images in `<root>/<class>/.../<file>.{jpg,jpeg,png,gif,bmp}`; features are the encoded bytes.
+
+    Classes are the sorted sub-folder names of the first root; a class's
+    images may sit in nested folders below it. A `decode_image` (any of
+    these formats; grayscale and RGBA become `channels`) or `decode_crop_jpeg`
+    step turns the bytes into pixels. Without `data.files.validation`,
+    `data.image_folder.validation` holds out that fraction of each class's
+    training images as the validation split.
+    """
+    pattern = _split_pattern(data_cfg, split)
+    key = f"data.files.{split}"
+    fraction = data_cfg.image_folder.validation
+    cut = fraction > 0 and not data_cfg.files.validation and split in ("train", "validation")
+    if cut:
+        pattern, key = data_cfg.files.train, "data.files.train"
+    if not pattern:
+        return Source(num_examples=0, num_classes=0, files=())
+    paths, labels, classes = _image_folder_files(data_cfg, pattern, key)
+    if cut:
+        held = holdout(labels, fraction, data_cfg.split.seed)
+        keep = [i for i in range(len(paths)) if (i in held) == (split == "validation")]
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     order = np.random.default_rng(data_cfg.read.seed).permutation(len(paths))
     if not data_cfg.read.shuffle_files:
         order = np.arange(len(paths))
