@@ -176,6 +176,7 @@ def options(data_cfg) -> tf.data.Options:
     return opts
 
 
+@preprocess.step_errors()  # a step that cannot take its features: one line naming it
 def build(
     data_cfg,
     split: str,

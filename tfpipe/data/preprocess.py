@@ -30,6 +30,7 @@ data:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import re
@@ -705,6 +706,28 @@ class StepError(ConfigError):
     """A step that cannot run on the features it gets (found when the pipeline is built)."""
 
 
+# The StepError a step raised while tf.data traced it. Autograph re-raises
+# errors from converted code as a multi-line StagingError, so the one-line
+# error is kept here and `step_errors` raises it instead.
+_PENDING: list = []
+
+
+@contextlib.contextmanager
+def step_errors():
+    """Context (or decorator) turning a step's error while tf.data traces it back into its one-line `StepError`."""
+    _PENDING.clear()
+    try:
+        yield
+    except StepError:
+        raise
+    except Exception:  # pylint: disable=broad-except
+        if _PENDING:
+            raise _PENDING.pop() from None
+        raise
+    finally:
+        _PENDING.clear()
+
+
 def _named(fn, index: int, op: str):
     """`fn` whose build-time errors name the step: `data.map.steps[i] (op): ...`.
 
@@ -721,7 +744,9 @@ def _named(fn, index: int, op: str):
         except (ValueError, TypeError) as e:
             msg = " ".join(str(e).split())
             msg = msg[len(op) + 2:] if msg.startswith(f"{op}: ") else msg
-            raise StepError(f"data.map.steps[{index}] ({op}): {msg[:400]}") from None
+            error = StepError(f"data.map.steps[{index}] ({op}): {msg[:400]}")
+            _PENDING.append(error)
+            raise error from None
 
     named.is_filter = getattr(fn, "is_filter", False)
     return named

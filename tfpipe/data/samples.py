@@ -104,7 +104,7 @@ def colours(out_dir: str, per_class: int = 60, seed: int = 0, test_per_class: in
                 image = Image.fromarray(pixels)
                 mode = ("RGB", "RGB", "L", "RGBA", "P")[i % 5]
                 image = image.convert(mode) if mode != "P" else image.convert("P", palette=Image.ADAPTIVE)
-                fmt, ext = _FORMATS[(i // 5) % len(_FORMATS)]  # every mode in every format
+                fmt, ext = _FORMATS[(i + i // 5) % len(_FORMATS)]  # each format in 10 files, with every mode in 25
                 if fmt == "JPEG" and mode in ("RGBA", "P"):
                     image = image.convert("RGB")  # JPEG has no alpha or palette
                 if fmt == "BMP" and mode == "RGBA":
