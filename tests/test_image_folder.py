@@ -111,6 +111,6 @@ def test_image_folder_config_learns_colours(tmp_path):
         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["accuracy"] >= 0.9  # the config states about 0.97; two classes
+    assert metrics["accuracy"] >= 0.9  # the config states 1.0; two classes
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert "val_accuracy" in history[-1]  # the validation split cut from the training folder

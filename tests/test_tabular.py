@@ -61,6 +61,14 @@ def test_string_labels_get_ids_from_the_training_split(tmp_path):
         labels.save(cfg2.data, tmp_path / "run-dir")
 
 
+def test_labels_written_as_integers_keep_their_ids(tmp_path):
+    train = write(tmp_path / "train.csv", "a,label\n1,0\n2,3\n3,1\n")
+    cfg = load(tmp_path, source="csv", files={"train": train}, csv={"columns": {"a": "float"}}, cache="",
+               map={"steps": [{"op": "concat_columns", "columns": ["a"]}]})
+    assert labels.names(cfg.data) == ("0", "1", "2", "3")  # "2" is not in the training split: no shift
+    assert [int(y) for _, y in rows(cfg, "train")] == [0, 3, 1]
+
+
 def test_an_unseen_label_in_validation_is_one_line_naming_file_and_value(tmp_path):
     train = write(tmp_path / "train.csv", CSV)
     val = write(tmp_path / "val.csv", "a,b,colour,kind\n2,2,red,cat\n2,2,red,horse\n")
@@ -131,7 +139,7 @@ def splits(folder):
 def test_breast_cancer_csv_with_string_labels_trains_from_the_config(tmp_path):
     samples.breast_cancer(str(tmp_path / "bc"))
     metrics = train_script("tabular_csv.yaml", tmp_path, *splits(tmp_path / "bc"))
-    assert metrics["accuracy"] >= 0.93  # the config states about 0.97; always "benign" gives 0.63
+    assert metrics["accuracy"] >= 0.93  # the config states about 0.96-0.97; always "benign" gives 0.59
     assert json.loads((tmp_path / "run" / "labels.json").read_text())["labels"] == ["benign", "malignant"]
 
 
@@ -140,5 +148,5 @@ def test_diabetes_regression_csv_trains_from_the_config(tmp_path):
     samples.diabetes(str(tmp_path / "db"))
     metrics = train_script("regression_csv.yaml", tmp_path, *splits(tmp_path / "db"))
     assert "accuracy" not in metrics
-    assert metrics["mae"] <= 50  # the config states about 45; predicting the mean gives about 64
+    assert metrics["mae"] <= 50  # the config states about 44; predicting the mean gives about 60
     assert metrics["loss"] > 0

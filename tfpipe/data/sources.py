@@ -272,6 +272,7 @@ def string_labels(data_cfg, columns=None) -> tuple | None:
     """The class names of a CSV's string label column, sorted: id i is the i-th (None: not string labels).
 
     Taken from the training split, so every split maps a name to the same id.
+    Names that are all integers ("0", "3", "7") are ids already: "0".."7".
 
     Raises:
         ValueError: an empty label, or fewer than two classes, naming file and line.
@@ -295,6 +296,10 @@ def string_labels(data_cfg, columns=None) -> tuple | None:
             f"data.files.train: column {cfg.label_column!r} holds {len(values)} label value(s) "
             f"({', '.join(map(repr, values))}); expected at least two classes (or model.loss: mse for numbers)"
         )
+    if all(v.isdigit() and v == str(int(v)) for v in values):
+        # Class ids written as text ("0", "1", ...): id i is "i", so a class
+        # missing from the training split does not shift the others.
+        return tuple(str(i) for i in range(max(int(v) for v in values) + 1))
     return tuple(sorted(values, key=_natural_key))
 
 
@@ -329,7 +334,8 @@ def csv(data_cfg, split: str) -> Source:
     cfg = data_cfg.csv
     columns = csv_columns(data_cfg, sorted(files)[0])
     labels = string_labels(data_cfg, columns)
-    if labels is not None and split != "train":
+    if labels is not None and split != "train" and not data_cfg.ignore_errors:
+        # With ignore_errors such rows get id -1 and are skipped (and counted) as bad labels.
         _check_known_labels(data_cfg, split, files, columns, labels)
     num_classes = len(labels) if labels is not None else cfg.num_classes
     defaults = []
