@@ -13,7 +13,7 @@ def build(input_shape, num_classes: int, hidden_units=(64, 32), dropout: float =
     (regression targets) the output is one linear unit.
     """
     features.expect_tensor(
-        "mlp", input_shape, ranks=(1, 2, 3), expected="one float tensor per example (e.g. [30] columns or an image)",
+        "mlp", input_shape, ranks=tuple(range(1, 9)), expected="one float tensor per example (e.g. [30] columns or an image)",
         fix="join dict features such as CSV columns into one with {op: concat_columns, columns: [...]} in data.map.steps",
     )
     inputs = keras.Input(shape=tuple(input_shape))

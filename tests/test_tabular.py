@@ -150,3 +150,25 @@ def test_diabetes_regression_csv_trains_from_the_config(tmp_path):
     assert "accuracy" not in metrics
     assert metrics["mae"] <= 50  # the config states about 44; predicting the mean gives about 60
     assert metrics["loss"] > 0
+
+
+def test_serving_export_keeps_the_csv_steps_and_their_lookup_table(tmp_path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from tfpipe import models  # pylint: disable=import-outside-toplevel
+    from tfpipe.serve import export  # pylint: disable=import-outside-toplevel
+
+    train = write(tmp_path / "train.csv", CSV)
+    cfg = load(tmp_path, source="csv", files={"train": train}, cache="",
+               csv={"columns": {"a": "float", "b": "float"}, "label_column": "kind"}, map={"steps": [
+                   {"op": "fill_missing", "columns": ["a", "b"]},
+                   {"op": "fill_missing", "columns": ["colour"], "policy": "constant", "value": "none"},
+                   {"op": "vocab_lookup", "column": "colour", "vocabulary": ["red", "blue"]},
+                   {"op": "concat_columns", "columns": ["a", "b", "colour"]}]})
+    model = models.build("mlp", [3], 3, {"hidden_units": [4]})
+    path = export.export(model, cfg, tmp_path / "export")  # vocab_lookup's table: tracked, or the save fails
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    raw = export.raw_examples(cfg.data, "train")
+    served = next(iter(serve(**{k: tf.constant(v) for k, v in raw.items()}).values())).numpy()
+    x, _ = next(iter(pipeline.build(cfg.data, "train", 4, training=False)))
+    assert np.allclose(served, model(x).numpy())

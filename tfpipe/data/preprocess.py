@@ -311,6 +311,7 @@ def vocab_lookup(column: str, vocabulary: list, num_oov_buckets: int = 1):
     def fn(x, y):
         return _set(x, column, table.lookup(_get(x, column))), y
 
+    fn.resources = (table,)  # for a SavedModel to track (tfpipe/serve/export.py)
     return fn
 
 
@@ -749,6 +750,7 @@ def _named(fn, index: int, op: str):
             raise error from None
 
     named.is_filter = getattr(fn, "is_filter", False)
+    named.resources = getattr(fn, "resources", ())
     return named
 
 
@@ -781,6 +783,8 @@ def compose(steps, training: bool = False):
             x, y = f(x, y)
         return x, y
 
+    # Lookup tables the steps hold: a SavedModel must track them to export a graph that uses them.
+    fn.resources = tuple(r for f in fns for r in getattr(f, "resources", ()))
     return fn
 
 
