@@ -91,6 +91,17 @@ def test_crops_of_images_smaller_than_the_crop():
     assert np.array_equal(step("random_crop", size=4)(big), big[3:7, 3:7])  # larger images: centre crop as before
 
 
+def test_decode_crop_jpeg_takes_height_and_width():
+    import io  # pylint: disable=import-outside-toplevel
+
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), 99, np.uint8)).save(buf, format="JPEG")
+    for training in (False, True):
+        assert step("decode_crop_jpeg", training, size=[8, 12])(buf.getvalue()).shape == (8, 12, 3)
+
+
 def test_resize_policies():
     wide = np.zeros((4, 8, 1), np.float32)
     wide[:, :4] = 1.0  # left half bright

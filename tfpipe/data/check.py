@@ -417,8 +417,9 @@ def _header(path: str, decode_step: dict, sizes: dict | None = None) -> str | No
                 return f"{fmt} without its end marker: truncated?"
     if op == "decode_crop_jpeg":
         ratio, size = decode_step.get("ratio", 1), decode_step["size"]
-        if min((h + ratio - 1) // ratio, (w + ratio - 1) // ratio) < size:
-            return f"{w}x{h} pixels, smaller than the {size} px window decode_crop_jpeg takes at ratio {ratio}"
+        ch, cw = preprocess.size_hw(size)  # an int or [height, width]
+        if (h + ratio - 1) // ratio < ch or (w + ratio - 1) // ratio < cw:
+            return f"{w}x{h} pixels, smaller than the {cw}x{ch} px window decode_crop_jpeg takes at ratio {ratio}"
     return None
 
 

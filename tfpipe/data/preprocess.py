@@ -60,7 +60,7 @@ def _set(x, key, value):
     return out
 
 
-def _hw(size) -> tuple[int, int]:
+def size_hw(size) -> tuple[int, int]:
     """A size as (height, width): an int is a square (checked at load, see ARGS)."""
     if isinstance(size, int):
         return size, size
@@ -177,7 +177,7 @@ def decode_crop_jpeg(size, ratio: int = 1, channels: int = 3, key=None, training
     """
     if ratio not in (1, 2, 4, 8):
         raise ValueError(f"decode_crop_jpeg: ratio: expected 1, 2, 4 or 8, got {ratio!r}")
-    ch, cw = _hw(size)
+    ch, cw = size_hw(size)
 
     def fn(x, y):
         data = _get(x, key)
@@ -210,7 +210,7 @@ def resize(size, key=None, method: str = "bilinear", policy: str = "stretch"):
     `crop` scales it to cover the size and keeps the centre (nothing is
     distorted). Images smaller than the size are scaled up.
     """
-    h, w = _hw(size)
+    h, w = size_hw(size)
 
     def fn(x, y):
         img = _get(x, key)
@@ -241,7 +241,7 @@ def random_crop(size, key=None, small: str = "resize", training: bool = False):
     fails on it, as `tf.image.random_crop` does. Scaling up returns the
     image's own dtype (rounded for integer pixels).
     """
-    h, w = _hw(size)
+    h, w = size_hw(size)
 
     def fit(img):
         shape = tf.shape(img)
