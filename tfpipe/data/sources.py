@@ -439,7 +439,7 @@ def image_folder_classes(root: str) -> list[str]:
     return classes
 
 
-def _images_under(folder: str) -> list[str]:
+def images_under(folder: str) -> list[str]:
     """Image files anywhere below `folder`, sorted; hidden files and folders (.DS_Store, ._x.jpg) left out."""
     found = []
     for parent, dirs, files in os.walk(folder, followlinks=True):
@@ -460,7 +460,7 @@ def _image_folder_files(data_cfg, pattern: str, key: str):
         for label, name in enumerate(classes):
             folder = os.path.join(root, name)
             if os.path.isdir(folder):
-                found = _images_under(folder)
+                found = images_under(folder)
                 paths.extend(found)
                 labels.extend([label] * len(found))
     if not paths:
