@@ -50,21 +50,26 @@ def test_nested_folders_of_every_format_and_mode_are_read_and_junk_is_not(tmp_pa
 
 
 def test_validation_is_cut_from_the_training_folder_per_class_and_deterministically(tmp_path, colours):
-    cfg = load(tmp_path, files={"train": str(colours / "train")}, image_folder={"validation": 0.2})
+    cfg = load(tmp_path, files={"train": str(colours / "train")}, holdout={"validation": 0.2})
     train, val = sources.load(cfg, "train"), sources.load(cfg, "validation")
     assert (train.num_examples, val.num_examples) == (16, 4)
     assert not set(train.files) & set(val.files)
     assert sorted(f.split(os.sep + "train" + os.sep)[1].split(os.sep)[0] for f in val.files) == ["blue"] * 2 + ["red"] * 2
     # The same files whatever the read order; another data.split.seed cuts others.
-    again = load(tmp_path, files={"train": str(colours / "train")}, image_folder={"validation": 0.2},
+    again = load(tmp_path, files={"train": str(colours / "train")}, holdout={"validation": 0.2},
                  read={"seed": 7})
     assert sorted(sources.load(again, "validation").files) == sorted(val.files)
-    other = load(tmp_path, files={"train": str(colours / "train")}, image_folder={"validation": 0.2},
+    other = load(tmp_path, files={"train": str(colours / "train")}, holdout={"validation": 0.2},
                  split={"seed": 1})
     assert sorted(sources.load(other, "validation").files) != sorted(val.files)
-    with pytest.raises(tfpipe.ConfigError, match="data.image_folder.validation: cuts a validation split"):
+    # A test split too: three disjoint parts of every class.
+    both = load(tmp_path, files={"train": str(colours / "train")}, holdout={"validation": 0.2, "test": 0.3})
+    parts = {s: set(sources.load(both, s).files) for s in sources.SPLITS}
+    assert [len(parts[s]) for s in sources.SPLITS] == [10, 4, 6]
+    assert set().union(*parts.values()) == set(sources.load(cfg, "train").files) | set(val.files)
+    with pytest.raises(tfpipe.ConfigError, match="data.holdout.validation: cuts a validation split"):
         load(tmp_path, files={"train": str(colours / "train"), "validation": str(colours / "test")},
-             image_folder={"validation": 0.2})
+             holdout={"validation": 0.2})
 
 
 def test_images_of_different_sizes_without_a_resize_are_named_before_training(tmp_path, colours):

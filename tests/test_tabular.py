@@ -80,6 +80,31 @@ def test_an_unseen_label_in_validation_is_one_line_naming_file_and_value(tmp_pat
                             "expected one of those (data.files.validation)")
 
 
+def test_one_csv_file_is_cut_into_splits_by_holdout(tmp_path):
+    lines = "".join(f"{i},{i % 2}\n" for i in range(200))
+    train = write(tmp_path / "all.csv", "x,label\n" + lines)
+    cfg = load(tmp_path, source="csv", files={"train": train}, cache="", holdout={"validation": 0.1, "test": 0.2},
+               csv={"columns": {"x": "float", "label": "int"}},
+               map={"steps": [{"op": "concat_columns", "columns": ["x"]}]})
+    seen = {}
+    for split in sources.SPLITS:
+        xs = [float(x[0]) for x, _ in rows(cfg, split)]
+        assert len(xs) == sources.load(cfg.data, split).num_examples  # the count matches what is read
+        seen[split] = set(xs)
+    sizes = [len(seen[s]) for s in sources.SPLITS]
+    assert abs(sizes[1] - 20) <= 2 and abs(sizes[2] - 40) <= 2, sizes  # the hash spreads lines evenly
+    assert sum(sizes) == 200 and set().union(*seen.values()) == set(map(float, range(200)))  # disjoint, complete
+    other = load(tmp_path, source="csv", files={"train": train}, cache="", holdout={"validation": 0.1, "test": 0.2},
+                 split={"seed": 3}, csv={"columns": {"x": "float", "label": "int"}},
+                 map={"steps": [{"op": "concat_columns", "columns": ["x"]}]})
+    assert {float(x[0]) for x, _ in rows(other, "test")} != seen["test"]  # data.split.seed picks other rows
+    with pytest.raises(check.DataError, match="nothing to evaluate on: the validation and test splits are empty; "
+                       "give data.files.validation or data.files.test, or cut one from the training files"):
+        check.require_eval_split(load(tmp_path, source="csv", files={"train": train}).data)
+    with pytest.raises(tfpipe.ConfigError, match="data.holdout: cuts splits from csv and image_folder files"):
+        load(tmp_path, source="digits", holdout={"test": 0.2})
+
+
 def test_fill_missing_policies_and_strings(tmp_path):
     train = write(tmp_path / "train.csv", CSV)
     base = {"source": "csv", "files": {"train": train}, "cache": "",
@@ -112,7 +137,8 @@ def test_regression_loss_reads_float_targets_without_classes(tmp_path):
 def test_dict_features_to_the_mlp_name_the_step_that_joins_them(tmp_path):
     train = write(tmp_path / "train.csv", "a,b,label\n1,2,0\n3,4,1\n")
     cfg = tfpipe.load_config(overrides=[
-        "data.source=csv", f"data.files.train={train}", "data.csv.columns={a: float, b: float, label: int}",
+        "data.source=csv", f"data.files.train={train}", f"data.files.test={train}",
+        "data.csv.columns={a: float, b: float, label: int}",
         "profile.enabled=false", "train.epochs=1"])
     with pytest.raises(tfpipe.ConfigError) as e:
         tfpipe.train(cfg, tmp_path / "run")

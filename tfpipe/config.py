@@ -152,12 +152,16 @@ class CsvConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageFolderConfig:
-    # With no data.files.validation: hold out this fraction of each class's
-    # training images as the validation split (0 = none). Chosen with
-    # data.split.seed from the sorted file names, so every run and worker
-    # cuts the same files.
+class HoldoutConfig:
+    """Splits cut from the training files when their own glob is empty (csv, image_folder).
+
+    csv: that share of the rows of every training file, chosen by line
+    number; image_folder: that share of each class's images. Both are fixed
+    by data.split.seed, so every run and worker cuts the same examples.
+    """
+
     validation: float = _field(0.0, min=0.0, max=0.9)
+    test: float = _field(0.0, min=0.0, max=0.9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +229,7 @@ class DataConfig:
     files: FilesConfig = _section(FilesConfig)
     read: ReadConfig = _section(ReadConfig)
     csv: CsvConfig = _section(CsvConfig)
-    image_folder: ImageFolderConfig = _section(ImageFolderConfig)
+    holdout: HoldoutConfig = _section(HoldoutConfig)
     tfrecord: TFRecordConfig = _section(TFRecordConfig)
     npz: NpzConfig = _section(NpzConfig)
     synthetic: SyntheticConfig = _section(SyntheticConfig)
@@ -669,10 +673,22 @@ def _check_cross_field(cfg: Config, where: str):
     for key, value in (("map", cfg.data.map.num_parallel_calls), ("read", cfg.data.read.num_parallel_calls)):
         if value == 0:  # tf.data rejects 0 only when the pipeline runs
             raise ConfigError(f"{where}: data.{key}.num_parallel_calls: expected -1 (AUTOTUNE) or >= 1, got 0")
-    if cfg.data.image_folder.validation and cfg.data.files.validation:
+    holdout = cfg.data.holdout
+    for split in ("validation", "test"):
+        if getattr(holdout, split) and getattr(cfg.data.files, split):
+            raise ConfigError(
+                f"{where}: data.holdout.{split}: cuts a {split} split from the training files, "
+                f"but data.files.{split} is {getattr(cfg.data.files, split)!r}; set one of them"
+            )
+    if (holdout.validation or holdout.test) and cfg.data.source not in ("csv", "image_folder"):
         raise ConfigError(
-            f"{where}: data.image_folder.validation: cuts a validation split from the training folder, "
-            f"but data.files.validation is {cfg.data.files.validation!r}; set one of them"
+            f"{where}: data.holdout: cuts splits from csv and image_folder files, not data.source "
+            f"{cfg.data.source!r} (in-memory sources are cut by data.split)"
+        )
+    if holdout.validation + holdout.test >= 1.0:
+        raise ConfigError(
+            f"{where}: data.holdout: validation + test must leave some training data, "
+            f"got {holdout.validation} + {holdout.test} >= 1"
         )
     if cfg.data.ignore_errors and cfg.data.check != "full":
         raise ConfigError(

@@ -597,6 +597,19 @@ def preflight(data_cfg, splits=sources.SPLITS, log=print) -> Report:
     return report
 
 
+def require_eval_split(data_cfg) -> None:
+    """Raises DataError when neither validation nor test holds an example: training ends by evaluating on one."""
+    if any(sources.load(data_cfg, split).num_examples > 0 for split in ("validation", "test")):
+        return
+    if data_cfg.source in ("csv", "image_folder", "tfrecord"):
+        ways = "give data.files.validation or data.files.test" + (
+            ", or cut one from the training files with data.holdout.validation: 0.1 (or .test)"
+            if data_cfg.source != "tfrecord" else "")
+    else:
+        ways = "set data.split.validation or data.split.test above 0 (or pass those splits in data=)"
+    raise DataError(f"data: nothing to evaluate on: the validation and test splits are empty; {ways}")
+
+
 def summarize_skipped(report: Report, writer, step: int = 0) -> None:
     """TensorBoard: `data/skipped_records` (scalar) and the first skipped records' names (text)."""
     with writer.as_default(step=step):

@@ -172,6 +172,39 @@ def synthetic(data_cfg, split: str) -> Source:
     return _in_memory(x, y, data_cfg, split, cfg.num_classes)
 
 
+# ---------------------------------------------------------------- holdout (splits cut from the training files)
+
+
+def holdout_range(data_cfg, split: str) -> tuple[float, float] | None:
+    """The share [lo, hi) of the training files' examples that `split` takes, or None: no cut.
+
+    `data.holdout.test` takes [0, t), `.validation` [t, t + v), and training
+    the rest; a split whose own glob is set is not cut (load refuses both).
+    """
+    h = data_cfg.holdout
+    t = h.test if not data_cfg.files.test else 0.0
+    v = h.validation if not data_cfg.files.validation else 0.0
+    if not (t or v):
+        return None
+    ranges = {"test": (0.0, t), "validation": (t, t + v), "train": (t + v, 1.0)}
+    lo, hi = ranges[split]
+    if split != "train" and (getattr(data_cfg.files, split) or hi <= lo):
+        return None  # its own files, or not held out: no cut
+    return lo, hi
+
+
+_HASH = 2654435761  # Knuth's multiplicative hash: consecutive lines spread evenly over [0, 1)
+
+
+def _line_share(index, seed: int):
+    """Where line `index` of a file falls in [0, 1): the same in NumPy and in the graph."""
+    # The seed shifts the whole sequence by a large, seed-dependent offset.
+    hashed = (index * _HASH + (seed * 2246822519 + 12345) % 4294967296) % 4294967296
+    if isinstance(hashed, tf.Tensor):
+        return tf.cast(hashed, tf.float64) / 4294967296.0
+    return hashed / 4294967296.0
+
+
 # ---------------------------------------------------------------- csv
 
 _CSV_TYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
@@ -325,9 +358,11 @@ def csv(data_cfg, split: str) -> Source:
     """Rows of CSV files: features are a dict of columns, the label one column.
 
     Missing values: empty float fields read as NaN and empty strings as "",
-    so `drop_missing` can find them; an empty int field is an error.
+    so `drop_missing` can find them; an empty int field is an error. With
+    `data.holdout`, the validation/test rows are cut from the training files.
     """
-    pattern = _split_pattern(data_cfg, split)
+    cut = holdout_range(data_cfg, split)
+    pattern = data_cfg.files.train if cut and split != "train" else _split_pattern(data_cfg, split)
     if not pattern:
         return Source(num_examples=0, num_classes=data_cfg.csv.num_classes, files=())
     files = list_files(pattern, data_cfg.read, f"data.files.{split}")
@@ -357,9 +392,18 @@ def csv(data_cfg, split: str) -> Source:
             tf.lookup.KeyValueTensorInitializer(tf.constant(labels), tf.range(len(labels), dtype=tf.int64)), -1
         )
 
+    seed = data_cfg.split.seed
+
     def reader(path):
         ds = tf.data.TextLineDataset(path)
         ds = ds.skip(1) if cfg.header else ds
+        if cut:
+            # This split's share of the lines, by line number: every worker and
+            # every epoch cuts the same rows, and the count below matches.
+            lo, hi = cut
+            ds = ds.enumerate().filter(
+                lambda i, _: (lo <= _line_share(i, seed)) & (_line_share(i, seed) < hi)
+            ).map(lambda _, line: line)
         if data_cfg.ignore_errors:
             # decode_csv fails a whole batch for one bad row; dropping rows that
             # do not match the column types keeps the good rows of that batch.
@@ -378,6 +422,11 @@ def csv(data_cfg, split: str) -> Source:
         return row, label
 
     count = sum(_count_lines(f, cfg.header) for f in files)
+    if cut:
+        count = 0
+        for f in files:
+            share = _line_share(np.arange(_count_lines(f, cfg.header), dtype=np.int64), seed)
+            count += int(((share >= cut[0]) & (share < cut[1])).sum())
     return Source(num_examples=count, num_classes=num_classes, files=files, reader=reader, parse=parse)
 
 
@@ -468,17 +517,16 @@ def _image_folder_files(data_cfg, pattern: str, key: str):
     return paths, labels, classes
 
 
-def holdout(labels, fraction: float, seed: int) -> set:
-    """Indices held out of each class: round(fraction * n) of its n (at least one when n >= 2), seeded."""
+def holdout_images(labels, cut: tuple, seed: int) -> list:
+    """Indices of the images in the share `cut` = [lo, hi) of each class, in a seeded order per class."""
     rng = np.random.default_rng(seed)
-    held = set()
+    taken = []
     labels = np.asarray(labels)
     for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        k = int(round(fraction * len(idx)))
-        k = max(k, 1) if len(idx) >= 2 else 0
-        held.update(int(i) for i in rng.permutation(idx)[:k])
-    return held
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        lo, hi = (int(round(f * len(idx))) for f in cut)
+        taken.extend(int(i) for i in idx[lo:hi])
+    return sorted(taken)
 
 
 def image_folder(data_cfg, split: str) -> Source:
@@ -487,22 +535,18 @@ def image_folder(data_cfg, split: str) -> Source:
     Classes are the sorted sub-folder names of the first root; a class's
     images may sit in nested folders below it. A `decode_image` (any of
     these formats; grayscale and RGBA become `channels`) or `decode_crop_jpeg`
-    step turns the bytes into pixels. Without `data.files.validation`,
-    `data.image_folder.validation` holds out that fraction of each class's
-    training images as the validation split.
+    step turns the bytes into pixels. `data.holdout` cuts validation and
+    test splits from the training folder: that share of each class's images.
     """
-    pattern = _split_pattern(data_cfg, split)
-    key = f"data.files.{split}"
-    fraction = data_cfg.image_folder.validation
-    cut = fraction > 0 and not data_cfg.files.validation and split in ("train", "validation")
+    cut = holdout_range(data_cfg, split)
+    pattern, key = _split_pattern(data_cfg, split), f"data.files.{split}"
     if cut:
         pattern, key = data_cfg.files.train, "data.files.train"
     if not pattern:
         return Source(num_examples=0, num_classes=0, files=())
     paths, labels, classes = _image_folder_files(data_cfg, pattern, key)
     if cut:
-        held = holdout(labels, fraction, data_cfg.split.seed)
-        keep = [i for i in range(len(paths)) if (i in held) == (split == "validation")]
+        keep = holdout_images(labels, cut, data_cfg.split.seed)
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     order = np.random.default_rng(data_cfg.read.seed).permutation(len(paths))
     if not data_cfg.read.shuffle_files:

@@ -103,6 +103,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     # ---------------------------------------------------------------- Input
     # Bad files fail here, naming file and record, before any training.
     data_report = check.preflight(cfg.data, log=_say)
+    check.require_eval_split(cfg.data)  # the run ends by evaluating: a split for it must exist
     train_source = sources.load(cfg.data, "train")
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
