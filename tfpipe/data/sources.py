@@ -13,6 +13,8 @@ how to turn one raw record into `(features, label)`:
 
 Files are listed from globs (comma-separated allowed), sorted, and permuted
 with `data.read.seed`, so every run and every worker sees the same order.
+`data.holdout` cuts validation and test splits from the training files of
+csv and image_folder sources when their own globs are empty.
 """
 
 from __future__ import annotations
