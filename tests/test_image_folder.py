@@ -73,9 +73,11 @@ def test_validation_is_cut_from_the_training_folder_per_class_and_deterministica
 
 
 def test_images_of_different_sizes_without_a_resize_are_named_before_training(tmp_path, colours):
-    cfg = load(tmp_path, files={"train": str(colours / "train")}, map={"steps": [{"op": "decode_image"}]})
-    with pytest.raises(check.DataError, match=r"data.files.train: images differ in size \(\d+x\d+ .*add \{op: resize"):
-        check.preflight(cfg, log=lambda m: None)
+    for mode in ("quick", "full"):
+        cfg = load(tmp_path, files={"train": str(colours / "train")}, map={"steps": [{"op": "decode_image"}]},
+                   check=mode)
+        with pytest.raises(check.DataError, match=r"data.files.train: images differ in size \(\d+x\d+ .*add \{op: resize"):
+            check.preflight(cfg, log=lambda m: None)
 
 
 def step(op, training=False, **args):

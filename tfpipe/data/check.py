@@ -444,7 +444,7 @@ def _check_images(paths, decode_fns, decode_step, full: bool, report: Report, wh
                   sizes: dict | None = None) -> str:
     """Image files: every header (quick) or every decode (full); returns what was looked at.
 
-    `sizes` (quick only) collects (height, width) -> first file of that size.
+    `sizes` collects (height, width) -> first file of that size.
     """
 
     def convert(path):
@@ -454,6 +454,9 @@ def _check_images(paths, decode_fns, decode_step, full: bool, report: Report, wh
         return x
 
     if full:
+        if sizes is not None:  # headers only (PIL): cheap beside the full decode
+            for path in paths:
+                _header(path, decode_step, sizes)
         _find_bad(where, tf.data.Dataset.from_tensor_slices(list(paths)), convert, "image", report,
                   "decode as an image", names=list(paths))
         return f"decoded {len(paths)} images"
