@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 
 from tfpipe import importpath
-from tfpipe.models import cnn, mlp, resnet, wide_deep
+from tfpipe.models import cnn, features, mlp, resnet, wide_deep  # noqa: F401  # features: shared checks
 
 # Dispatch by plain dict: add a model by adding a line here.
 MODELS = {
@@ -46,6 +46,26 @@ def check(name: str, params: dict, where: str = "config") -> None:
     except TypeError as e:
         accepted = ", ".join(list(sig.parameters)[2:])
         raise ValueError(f"{where}: model.params ({name}): {e}; accepted: {accepted}") from None
+
+
+def check_features(name: str, features_spec) -> None:
+    """Raises ValueError when a built-in model would get string features (undecoded images, text columns)."""
+    if name not in MODELS:
+        return  # the user's own builder decides what it takes
+    if isinstance(features_spec, dict) and name != "wide_deep":
+        return  # the builder names the step that joins dict features (concat_columns)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    flat = tf.nest.flatten(features_spec)
+    paths = list(features_spec) if isinstance(features_spec, dict) else [""]
+    for path, spec in zip(sorted(paths) if isinstance(features_spec, dict) else paths, flat):
+        if spec.dtype == tf.string:
+            what = f"feature {path!r}" if path else "the features"
+            raise ValueError(
+                f"model {name} expects numbers, but {what} are strings; decode image bytes with "
+                "{op: decode_image} (then {op: resize, size: N}), map string columns to ids with "
+                "{op: vocab_lookup, ...} or {op: hash_columns, ...}, or leave them out of {op: concat_columns, ...}"
+            )
 
 
 def build(name: str, input_shape, num_classes: int, params: dict):

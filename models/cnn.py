@@ -2,14 +2,16 @@
 
 import keras
 
+from tfpipe.models import features
+
 
 def build(input_shape, num_classes: int, filters=(32, 64), dense_units: int = 64, dropout: float = 0.25):
     """Conv-BN-ReLU blocks, each halving the resolution, then global pooling and a softmax."""
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"model cnn: expected image features of shape [height, width, channels], got {list(input_shape)}; "
-            "add a {op: reshape, shape: [8, 8, 1]} step to data.map.steps for flat inputs"
-        )
+    features.expect_tensor(
+        "cnn", input_shape, ranks=(3,), expected="image features of shape [height, width, channels]",
+        fix="add a {op: reshape, shape: [8, 8, 1]} step to data.map.steps for flat inputs, "
+        "or {op: decode_image} and {op: resize, size: N} for image files",
+    )
     inputs = keras.Input(shape=tuple(input_shape))
     x = inputs
     for f in filters:
@@ -20,5 +22,6 @@ def build(input_shape, num_classes: int, filters=(32, 64), dense_units: int = 64
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(dense_units, activation="relu")(x)
     x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    units, activation = features.output_units(num_classes)
+    outputs = keras.layers.Dense(units, activation=activation)(x)
     return keras.Model(inputs, outputs, name="cnn")

@@ -2,6 +2,8 @@
 
 import keras
 
+from tfpipe.models import features
+
 
 def _bn():
     # Momentum 0.9 rather than Keras' 0.99: runs here are a few hundred steps,
@@ -27,8 +29,11 @@ def _block(x, filters: int, stride: int):
 def build(input_shape, num_classes: int, filters=(16, 32, 64), blocks_per_stage: int = 1, dropout: float = 0.0):
     """Stem conv, then per stage `blocks_per_stage` residual blocks (the first halves
     the resolution, except in stage one), global average pooling and a softmax."""
-    if len(input_shape) != 3:
-        raise ValueError(f"model resnet: expected image features [height, width, channels], got {list(input_shape)}")
+    features.expect_tensor(
+        "resnet", input_shape, ranks=(3,), expected="image features of shape [height, width, channels]",
+        fix="add {op: decode_image} and {op: resize, size: N} to data.map.steps for image files, "
+        "or {op: reshape, shape: [h, w, c]} for flat inputs",
+    )
     inputs = keras.Input(shape=tuple(input_shape))
     x = keras.layers.Conv2D(filters[0], 3, padding="same", use_bias=False)(inputs)
     x = _bn()(x)
@@ -39,5 +44,6 @@ def build(input_shape, num_classes: int, filters=(16, 32, 64), blocks_per_stage:
     x = keras.layers.GlobalAveragePooling2D()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    units, activation = features.output_units(num_classes)
+    outputs = keras.layers.Dense(units, activation=activation)(x)
     return keras.Model(inputs, outputs, name="resnet")

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tfpipe.models import features
+
 
 def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: int = 8, hidden_units=(128, 64),
           dropout: float = 0.0):
@@ -11,13 +13,14 @@ def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: in
 
     `input_shape` is a dict: `numeric` [N] floats, `categorical` [M] ids in
     [0, num_bins) per column (the `hash_columns` and `pack` steps make them).
-    Two classes give one sigmoid output (binary cross-entropy); more a softmax.
+    Two classes give one sigmoid output (binary cross-entropy); more a softmax;
+    none (num_classes 0, model.loss mse/mae) one linear output.
     """
     if not isinstance(input_shape, dict) or set(input_shape) != {"numeric", "categorical"}:
         raise ValueError(
-            "model wide_deep: expected dict features {numeric, categorical}, got "
-            f"{sorted(input_shape) if isinstance(input_shape, dict) else list(input_shape)}; "
-            "add a {op: pack, groups: {numeric: [...], categorical: [...]}} step"
+            "model wide_deep expects dict features {numeric: float [N], categorical: int ids [M]}, got "
+            f"{features.describe(input_shape)}; add {{op: hash_columns, columns: [...], num_bins: B}} for the "
+            "string columns and then {op: pack, groups: {numeric: [...], categorical: [...]}} to data.map.steps"
         )
     n_num, n_cat = input_shape["numeric"][-1], input_shape["categorical"][-1]
     numeric = keras.Input(shape=(n_num,), name="numeric", dtype="float32")
@@ -25,7 +28,8 @@ def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: in
     # One table for all columns: column c's ids live at [c * num_bins, (c + 1) * num_bins).
     offsets = ops.arange(n_cat, dtype="int64") * num_bins
     ids = categorical + offsets
-    units = 1 if num_classes == 2 else num_classes
+    # Two classes: one sigmoid unit; none (regression targets): one linear unit.
+    units = 1 if num_classes in (0, 2) else num_classes
     wide = ops.sum(keras.layers.Embedding(n_cat * num_bins, units, name="wide")(ids), axis=1)
     wide = wide + keras.layers.Dense(units, name="wide_numeric")(numeric)
     emb = keras.layers.Embedding(n_cat * num_bins, embedding_dim, name="deep_embedding")(ids)
@@ -35,5 +39,5 @@ def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: in
         if dropout:
             x = keras.layers.Dropout(dropout)(x)
     logits = wide + keras.layers.Dense(units, name="deep_out")(x)
-    outputs = keras.layers.Activation("sigmoid" if units == 1 else "softmax")(logits)
+    outputs = keras.layers.Activation("linear" if num_classes == 0 else "sigmoid" if units == 1 else "softmax")(logits)
     return keras.Model({"numeric": numeric, "categorical": categorical}, outputs, name="wide_deep")

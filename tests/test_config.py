@@ -87,3 +87,11 @@ def test_dump_then_load_gives_the_same_tree(tmp_path):
     cfg = tfpipe.load_config(MLP, overrides=["train.epochs=7", "runtime.strategy=mirrored"])
     config_lib.dump(cfg, tmp_path / "config.yaml")
     assert tfpipe.load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_every_shipped_config_loads_and_opens_with_its_command_and_result():
+    for name, path in config_lib.shipped().items():
+        text = open(path, encoding="utf-8").read()
+        header = text[: text.index("\n", text.index("Expect:"))] if "Expect:" in text else ""
+        assert header.startswith("#") and f"scripts/train.py --config configs/{name}.yaml" in header, name
+        tfpipe.load_config(path)

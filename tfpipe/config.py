@@ -144,7 +144,24 @@ class CsvConfig:
     # here are read as strings.
     columns: dict = _field({})
     label_column: str = "label"
-    num_classes: int = _field(2, min=1)
+    # Class ids 0..num_classes-1 in an int label column. A string label
+    # column (the default type) is mapped to ids from the training split's
+    # sorted values instead, saved as WORKDIR/labels.json. 0 = no classes:
+    # the label is a float regression target (set by a regression model.loss).
+    num_classes: int = _field(2, min=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldoutConfig:
+    """Splits cut from the training files when their own glob is empty (csv, image_folder).
+
+    csv: that share of the rows of every training file, chosen by line
+    number; image_folder: that share of each class's images. Both are fixed
+    by data.split.seed, so every run and worker cuts the same examples.
+    """
+
+    validation: float = _field(0.0, min=0.0, max=0.9)
+    test: float = _field(0.0, min=0.0, max=0.9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +229,7 @@ class DataConfig:
     files: FilesConfig = _section(FilesConfig)
     read: ReadConfig = _section(ReadConfig)
     csv: CsvConfig = _section(CsvConfig)
+    holdout: HoldoutConfig = _section(HoldoutConfig)
     tfrecord: TFRecordConfig = _section(TFRecordConfig)
     npz: NpzConfig = _section(NpzConfig)
     synthetic: SyntheticConfig = _section(SyntheticConfig)
@@ -247,6 +265,9 @@ class DataConfig:
 
 # ---------------------------------------------------------------- model
 
+# Losses whose labels are float targets, not class ids.
+REGRESSION_LOSSES = ("mse", "mae")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -258,9 +279,12 @@ class ModelConfig:
     # auto: sparse_categorical_crossentropy for class-id labels,
     # categorical_crossentropy for one-hot ones (after a one_hot step); decided
     # from the training batches' label shape, so load_config() alone trains.
+    # mse and mae train regression: float targets, one linear output, mae
+    # reported instead of accuracy.
     loss: str = _field(
         "auto",
-        choices=("auto", "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy"),
+        choices=("auto", "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
+        + REGRESSION_LOSSES,
     )
 
 
@@ -457,7 +481,28 @@ def load(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] 
     cfg = _build(Config, raw, prefix="", where=where)
     for item in overrides:
         cfg = _apply_override(cfg, item)
+    cfg = _regression_targets(cfg, where)
     _check_cross_field(cfg, where)
+    return cfg
+
+
+def _regression_targets(cfg: Config, where: str) -> Config:
+    """A regression loss reads the CSV label as a float target: no classes (csv.num_classes 0).
+
+    Written into the tree (and so into the run's config.yaml) rather than
+    left implicit, so the data side needs to know nothing of losses.
+    """
+    regression = cfg.model.loss in REGRESSION_LOSSES
+    if regression and cfg.data.source == "csv" and cfg.data.csv.num_classes != 0:
+        csv = dataclasses.replace(cfg.data.csv, num_classes=0)
+        return replace(cfg, data=dataclasses.replace(cfg.data, csv=csv))
+    if cfg.model.loss == "auto" and cfg.data.source == "csv" and cfg.data.csv.num_classes == 0:
+        return replace(cfg, model=dataclasses.replace(cfg.model, loss="mse"))  # no classes: a regression
+    if not regression and cfg.data.source == "csv" and cfg.data.csv.num_classes == 0:
+        raise ConfigError(
+            f"{where}: data.csv.num_classes: 0 means float regression targets, but model.loss is "
+            f"{cfg.model.loss!r}; use model.loss: mse or mae, or give the number of classes"
+        )
     return cfg
 
 
@@ -638,6 +683,23 @@ def _check_cross_field(cfg: Config, where: str):
     for key, value in (("map", cfg.data.map.num_parallel_calls), ("read", cfg.data.read.num_parallel_calls)):
         if value == 0:  # tf.data rejects 0 only when the pipeline runs
             raise ConfigError(f"{where}: data.{key}.num_parallel_calls: expected -1 (AUTOTUNE) or >= 1, got 0")
+    holdout = cfg.data.holdout
+    for split in ("validation", "test"):
+        if getattr(holdout, split) and getattr(cfg.data.files, split):
+            raise ConfigError(
+                f"{where}: data.holdout.{split}: cuts a {split} split from the training files, "
+                f"but data.files.{split} is {getattr(cfg.data.files, split)!r}; set one of them"
+            )
+    if (holdout.validation or holdout.test) and cfg.data.source not in ("csv", "image_folder"):
+        raise ConfigError(
+            f"{where}: data.holdout: cuts splits from csv and image_folder files, not data.source "
+            f"{cfg.data.source!r} (in-memory sources are cut by data.split)"
+        )
+    if holdout.validation + holdout.test >= 1.0:
+        raise ConfigError(
+            f"{where}: data.holdout: validation + test must leave some training data, "
+            f"got {holdout.validation} + {holdout.test} >= 1"
+        )
     if cfg.data.ignore_errors and cfg.data.check != "full":
         raise ConfigError(
             f"{where}: data.ignore_errors: true needs data.check: full (it counts what is skipped), "

@@ -2,6 +2,9 @@
 
     tfpipe make_workload images --out data/images [--num_images 10000]
     tfpipe make_workload clicks --out data/clicks [--rows 1000000 --num_files 8]
+    tfpipe make_workload breast_cancer --out data/breast_cancer   # CSV, string labels, missing cells
+    tfpipe make_workload diabetes --out data/diabetes             # CSV, regression target
+    tfpipe make_workload colours --out data/colours               # image folder, mixed formats/modes/sizes
 """
 
 import sys
@@ -20,11 +23,16 @@ flags.DEFINE_float("test_fraction", 0.1, "Share of the examples in the test spli
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in ("images", "clicks"):
-        raise app.UsageError("expected one workload name: images or clicks")
-    from tfpipe.data import workloads  # pylint: disable=import-outside-toplevel
+    names = ("images", "clicks", "breast_cancer", "diabetes", "colours")
+    if len(argv) != 2 or argv[1] not in names:
+        raise app.UsageError(f"expected one workload name: {', '.join(names)}")
+    from tfpipe.data import samples, workloads  # pylint: disable=import-outside-toplevel
 
-    if argv[1] == "images":
+    if argv[1] in ("breast_cancer", "diabetes"):
+        info = getattr(samples, argv[1])(FLAGS.out, seed=FLAGS.seed)
+    elif argv[1] == "colours":
+        info = samples.colours(FLAGS.out, seed=FLAGS.seed)
+    elif argv[1] == "images":
         info = workloads.images(FLAGS.out, FLAGS.num_images, FLAGS.size, FLAGS.seed, FLAGS.num_shards, FLAGS.test_fraction)
     else:
         info = workloads.clicks(FLAGS.out, FLAGS.rows, FLAGS.num_files, FLAGS.seed, FLAGS.test_fraction)

@@ -103,8 +103,16 @@ def _short(e: Exception) -> str:
 
 def _value_steps(data_cfg) -> list:
     # normalize keeps finite values finite and needs the training split's
-    # statistics, so the value scan leaves it out.
-    return [s for s in data_cfg.map.steps if s["op"] != "normalize"]
+    # statistics, so the value scan leaves it out; fill_missing by the mean
+    # fills the same cells as a fill with zero, which needs no statistics.
+    steps = []
+    for s in data_cfg.map.steps:
+        if s["op"] == "normalize":
+            continue
+        if s["op"] == "fill_missing" and s.get("policy", "mean") == "mean" and s.get("means") is None:
+            s = {**s, "policy": "zero"}
+        steps.append(s)
+    return steps
 
 
 def _value_scan(path, indexed, source, data_cfg, unit, first, report) -> int:
@@ -381,7 +389,7 @@ _STEP_FORMATS = {"decode_crop_jpeg": {"JPEG", "MPO"}, "decode_image": {"JPEG", "
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
-def _header(path: str, decode_step: dict) -> str | None:
+def _header(path: str, decode_step: dict, sizes: dict | None = None) -> str | None:
     """Why the image at `path` is suspect from its header and last bytes (None: looks fine).
 
     PIL reads only the header; the last bytes show a cut-off file (a JPEG
@@ -397,6 +405,8 @@ def _header(path: str, decode_step: dict) -> str | None:
             fmt, (w, h) = im.format, im.size
     except (UnidentifiedImageError, OSError, ValueError) as e:
         return f"not an image to PIL ({' '.join(str(e).split())[:80]})"
+    if sizes is not None:
+        sizes.setdefault((h, w), path)
     op = decode_step["op"]
     if fmt not in _STEP_FORMATS.get(op, {fmt}):
         return f"a {fmt} file, which {op} does not read"
@@ -408,13 +418,35 @@ def _header(path: str, decode_step: dict) -> str | None:
                 return f"{fmt} without its end marker: truncated?"
     if op == "decode_crop_jpeg":
         ratio, size = decode_step.get("ratio", 1), decode_step["size"]
-        if min((h + ratio - 1) // ratio, (w + ratio - 1) // ratio) < size:
-            return f"{w}x{h} pixels, smaller than the {size} px window decode_crop_jpeg takes at ratio {ratio}"
+        ch, cw = preprocess.size_hw(size)  # an int or [height, width]
+        if (h + ratio - 1) // ratio < ch or (w + ratio - 1) // ratio < cw:
+            return f"{w}x{h} pixels, smaller than the {cw}x{ch} px window decode_crop_jpeg takes at ratio {ratio}"
     return None
 
 
-def _check_images(paths, decode_fns, decode_step, full: bool, report: Report, where: str, deadline=None) -> str:
-    """Image files: every header (quick) or every decode (full); returns what was looked at."""
+# Steps that give every image one size, so images of different sizes batch.
+_SIZING_OPS = ("resize", "random_crop", "decode_crop_jpeg", "reshape")
+
+
+def _sizes_differ(data_cfg, sizes: dict, where: str) -> None:
+    """Raises DataError when images of different sizes would reach the batch unresized."""
+    if len(sizes) < 2 or data_cfg.padded_batch or any(s["op"] in _SIZING_OPS for s in data_cfg.map.steps):
+        return
+    (h1, w1), p1 = next(iter(sizes.items()))
+    (h2, w2), p2 = list(sizes.items())[1]
+    raise DataError(
+        f"{where}: images differ in size ({w1}x{h1} {p1}, {w2}x{h2} {p2}, {len(sizes)} sizes in all) and no step "
+        "makes them one size, so they cannot be batched; add {op: resize, size: [height, width]} "
+        "(or {op: random_crop, size: N}) after decode_image in data.map.steps"
+    )
+
+
+def _check_images(paths, decode_fns, decode_step, full: bool, report: Report, where: str, deadline=None,
+                  sizes: dict | None = None) -> str:
+    """Image files: every header (quick) or every decode (full); returns what was looked at.
+
+    `sizes` collects (height, width) -> first file of that size.
+    """
 
     def convert(path):
         x, y = tf.io.read_file(path), tf.constant(0, tf.int64)
@@ -423,6 +455,9 @@ def _check_images(paths, decode_fns, decode_step, full: bool, report: Report, wh
         return x
 
     if full:
+        if sizes is not None:  # headers only (PIL): cheap beside the full decode
+            for path in paths:
+                _header(path, decode_step, sizes)
         _find_bad(where, tf.data.Dataset.from_tensor_slices(list(paths)), convert, "image", report,
                   "decode as an image", names=list(paths))
         return f"decoded {len(paths)} images"
@@ -431,7 +466,7 @@ def _check_images(paths, decode_fns, decode_step, full: bool, report: Report, wh
     for path in paths:
         if time.monotonic() > deadline:
             break
-        why = _header(path, decode_step)
+        why = _header(path, decode_step, sizes)
         if why:
             suspects[path] = why
         looked += 1
@@ -514,7 +549,9 @@ def check_split(data_cfg, split: str, report: Report, values: bool = True, deadl
     elif data_cfg.source == "image_folder":
         step = decode_steps[0] if decode_steps else {"op": "decode_image"}
         fns = decode_fns or preprocess.build([step], training=False)
-        what = _check_images(list(source.files), fns, step, full, report, f"data.files.{split}", deadline)
+        sizes: dict = {}
+        what = _check_images(list(source.files), fns, step, full, report, f"data.files.{split}", deadline, sizes)
+        _sizes_differ(data_cfg, sizes, f"data.files.{split}")
         report.looked_at.append(f"{split}: {what}")
     report.looked_at[-1] += f" in {time.monotonic() - start:.1f} s"
 
@@ -527,6 +564,7 @@ def _one_line(report: Report, data_cfg) -> str:
             + f". Fix the files, or {WAYS_OUT}")
 
 
+@preprocess.step_errors()  # a step that cannot take its features: one line naming it
 def preflight(data_cfg, splits=sources.SPLITS, log=print) -> Report:
     """Checks every split's files as `data.check` says; raises or reports bad records.
 
@@ -566,6 +604,19 @@ def preflight(data_cfg, splits=sources.SPLITS, log=print) -> Report:
             raise DataError(_one_line(report, data_cfg))
         log(f"data.ignore_errors: skipping {report.bad_records} bad records:\n  {listing}")
     return report
+
+
+def require_eval_split(data_cfg) -> None:
+    """Raises DataError when neither validation nor test holds an example: training ends by evaluating on one."""
+    if any(sources.load(data_cfg, split).num_examples > 0 for split in ("validation", "test")):
+        return
+    if data_cfg.source in ("csv", "image_folder", "tfrecord"):
+        ways = "give data.files.validation or data.files.test" + (
+            ", or cut one from the training files with data.holdout.validation: 0.1 (or .test)"
+            if data_cfg.source != "tfrecord" else "")
+    else:
+        ways = "set data.split.validation or data.split.test above 0 (or pass those splits in data=)"
+    raise DataError(f"data: nothing to evaluate on: the validation and test splits are empty; {ways}")
 
 
 def summarize_skipped(report: Report, writer, step: int = 0) -> None:

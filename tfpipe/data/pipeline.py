@@ -70,7 +70,8 @@ def _apply(ds, fns, data_cfg, batched: bool):
 
 
 def resolve_stats(data_cfg) -> tuple:
-    """The steps with every `normalize` lacking mean/std filled from the training split.
+    """The steps with every `normalize` lacking mean/std, and every `fill_missing`
+    by the mean lacking `means`, filled from the training split.
 
     Statistics come from the training split only (so evaluation never leaks
     into preprocessing), through the steps before the normalize, without
@@ -78,6 +79,9 @@ def resolve_stats(data_cfg) -> tuple:
     """
     steps = list(data_cfg.map.steps)
     for i, step in enumerate(steps):
+        if step["op"] == "fill_missing" and step.get("policy", "mean") == "mean" and step.get("means") is None:
+            steps[i] = {**step, "means": _column_means(data_cfg, steps, i)}
+            continue
         if step["op"] != "normalize" or ("mean" in step and "std" in step):
             continue
         cache_key = (repr(data_cfg), i)
@@ -97,6 +101,20 @@ def resolve_stats(data_cfg) -> tuple:
         mean, std = _STATS_CACHE[cache_key]
         steps[i] = {**step, "mean": mean, "std": std}
     return tuple(steps)
+
+
+def _column_means(data_cfg, steps, i: int) -> dict:
+    """fill_missing's column means over the whole training split, through the steps before it (cached)."""
+    cache_key = (repr(data_cfg), i, "means")
+    if cache_key not in _STATS_CACHE:
+        # check: off: the missing values are what this pass is for (the finite
+        # check would stop on them); the training pipeline checks as configured.
+        prefix = dataclasses.replace(
+            data_cfg, check="off", map=dataclasses.replace(data_cfg.map, steps=tuple(steps[:i]), vectorized=False)
+        )
+        ds = build(prefix, "train", 1024, training=False, resolve=False, ignore_errors=data_cfg.ignore_errors)
+        _STATS_CACHE[cache_key] = preprocess.compute_means(ds, steps[i].get("columns", "*"))
+    return _STATS_CACHE[cache_key]
 
 
 def _read(source, data_cfg, input_context):
@@ -158,6 +176,7 @@ def options(data_cfg) -> tf.data.Options:
     return opts
 
 
+@preprocess.step_errors()  # a step that cannot take its features: one line naming it
 def build(
     data_cfg,
     split: str,
@@ -241,10 +260,10 @@ def build(
             after, tail = preprocess.split_batchable_tail(after)
         if data_cfg.cache:
             fns_before = parse + preprocess.build(before, training)
-            fns_after = preprocess.build(after, training)
+            fns_after = preprocess.build(after, training, first=len(before))
         else:
-            fns_after = parse + preprocess.build(after, training)
-        fns_tail = preprocess.build(tail, training)
+            fns_after = parse + preprocess.build(after, training, first=len(before))
+        fns_tail = preprocess.build(tail, training, first=len(before) + len(after))
         parse = []
     elif not source.parse_batchable:
         fns_before, parse = parse, []

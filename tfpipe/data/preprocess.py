@@ -30,6 +30,7 @@ data:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import re
@@ -37,6 +38,7 @@ import re
 import tensorflow as tf
 
 from tfpipe import importpath
+from tfpipe.config import ConfigError
 
 
 def _get(x, key):
@@ -56,6 +58,13 @@ def _set(x, key, value):
     out = dict(x)
     out[key] = value
     return out
+
+
+def size_hw(size) -> tuple[int, int]:
+    """A size as (height, width): an int is a square (checked at load, see ARGS)."""
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])
 
 
 def _natural(name: str):
@@ -157,16 +166,18 @@ def decode_image(key=None, channels: int = 3):
     return fn
 
 
-def decode_crop_jpeg(size: int, ratio: int = 1, channels: int = 3, key=None, training: bool = False):
-    """Decodes only a size x size window of a JPEG, at 1/ratio resolution.
+def decode_crop_jpeg(size, ratio: int = 1, channels: int = 3, key=None, training: bool = False):
+    """Decodes only a size x size (or [height, width]) window of a JPEG, at 1/ratio resolution.
 
     `tf.io.decode_and_crop_jpeg` skips the pixels outside the window, and
     `ratio` (1, 2, 4, 8) downscales in the DCT domain, so both cut decode
     cost. Training takes a random window; evaluation the centre one. The
-    window is in downscaled pixels.
+    window is in downscaled pixels; an image smaller than it is an error
+    (preflight names the file): use decode_image and random_crop for those.
     """
     if ratio not in (1, 2, 4, 8):
         raise ValueError(f"decode_crop_jpeg: ratio: expected 1, 2, 4 or 8, got {ratio!r}")
+    ch, cw = size_hw(size)
 
     def fn(x, y):
         data = _get(x, key)
@@ -175,35 +186,87 @@ def decode_crop_jpeg(size: int, ratio: int = 1, channels: int = 3, key=None, tra
         h = (shape[0] + ratio - 1) // ratio
         w = (shape[1] + ratio - 1) // ratio
         if training:
-            top = tf.random.uniform([], 0, h - size + 1, tf.int32)
-            left = tf.random.uniform([], 0, w - size + 1, tf.int32)
+            top = tf.random.uniform([], 0, h - ch + 1, tf.int32)
+            left = tf.random.uniform([], 0, w - cw + 1, tf.int32)
         else:
-            top, left = (h - size) // 2, (w - size) // 2
-        img = tf.io.decode_and_crop_jpeg(data, tf.stack([top, left, size, size]), channels=channels, ratio=ratio)
-        img.set_shape([size, size, channels])
+            top, left = (h - ch) // 2, (w - cw) // 2
+        img = tf.io.decode_and_crop_jpeg(data, tf.stack([top, left, ch, cw]), channels=channels, ratio=ratio)
+        img.set_shape([ch, cw, channels or None])
         return _set(x, key, img), y
 
     return fn
 
 
-def resize(size: list, key=None, method: str = "bilinear"):
-    """Resizes images (or a batch of them) to size = [height, width]; output float32."""
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian", "mitchellcubic")
+RESIZE_POLICIES = ("stretch", "pad", "crop")
+
+
+def resize(size, key=None, method: str = "bilinear", policy: str = "stretch"):
+    """Resizes images (or a batch of them) to size (an int or [height, width]); output float32.
+
+    `policy` says what happens to an image of another aspect ratio:
+    `stretch` scales each side to the size (the aspect changes), `pad`
+    scales the image to fit inside and pads with zeros (nothing is lost),
+    `crop` scales it to cover the size and keeps the centre (nothing is
+    distorted). Images smaller than the size are scaled up.
+    """
+    h, w = size_hw(size)
 
     def fn(x, y):
-        return _set(x, key, tf.image.resize(_get(x, key), size, method=method)), y
+        img = _get(x, key)
+        if policy == "pad":
+            out = tf.image.resize_with_pad(tf.cast(img, tf.float32), h, w, method=method)
+        elif policy == "crop":
+            shape = tf.cast(tf.shape(img)[-3:-1], tf.float32)
+            scale = tf.maximum(h / shape[0], w / shape[1])
+            cover = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+            out = tf.image.resize(img, tf.maximum(cover, [h, w]), method=method)
+            out = tf.image.resize_with_crop_or_pad(out, h, w)
+        else:
+            out = tf.image.resize(img, [h, w], method=method)
+        return _set(x, key, tf.cast(out, tf.float32)), y
 
     return fn
 
 
-def random_crop(size: list, key=None, training: bool = False):
-    """A random [height, width] crop when training, the centre crop otherwise."""
+SMALL_POLICIES = ("resize", "pad", "error")
+
+
+def random_crop(size, key=None, small: str = "resize", training: bool = False):
+    """A random crop of size (an int or [height, width]) when training, the centre crop otherwise.
+
+    An image smaller than the crop on either side is first scaled up,
+    keeping its aspect ratio, until the crop fits (`small: resize`), or
+    padded with zeros around its centre (`small: pad`); `small: error`
+    fails on it, as `tf.image.random_crop` does. Scaling up returns the
+    image's own dtype (rounded for integer pixels).
+    """
+    h, w = size_hw(size)
+
+    def fit(img):
+        shape = tf.shape(img)
+        ih, iw = shape[-3], shape[-2]
+        if small == "pad":
+            return tf.image.resize_with_crop_or_pad(img, tf.maximum(ih, h), tf.maximum(iw, w))
+        if small == "error":
+            return img
+
+        def grow():
+            scale = tf.maximum(h / tf.cast(ih, tf.float32), w / tf.cast(iw, tf.float32))
+            new = tf.cast(tf.math.ceil(tf.cast(tf.stack([ih, iw]), tf.float32) * scale), tf.int32)
+            out = tf.image.resize(img, tf.maximum(new, [h, w]))
+            if img.dtype.is_integer:
+                out = tf.round(out)
+            return tf.cast(out, img.dtype)
+
+        return tf.cond((ih < h) | (iw < w), grow, lambda: img)
 
     def fn(x, y):
-        img = _get(x, key)
+        img = fit(_get(x, key))
         if training:
-            out = tf.image.random_crop(img, [size[0], size[1], tf.shape(img)[-1]])
+            out = tf.image.random_crop(img, [h, w, tf.shape(img)[-1]])
         else:
-            out = tf.image.resize_with_crop_or_pad(img, size[0], size[1])
+            out = tf.image.resize_with_crop_or_pad(img, h, w)
         return _set(x, key, out), y
 
     return fn
@@ -248,6 +311,7 @@ def vocab_lookup(column: str, vocabulary: list, num_oov_buckets: int = 1):
     def fn(x, y):
         return _set(x, column, table.lookup(_get(x, column))), y
 
+    fn.resources = (table,)  # for a SavedModel to track (tfpipe/serve/export.py)
     return fn
 
 
@@ -268,6 +332,80 @@ def drop_missing(columns):
 
     keep.is_filter = True
     return keep
+
+
+FILL_POLICIES = ("mean", "zero", "constant")
+
+
+def fill_missing(columns="*", policy: str = "mean", value=None, means=None):
+    """Fills missing values in place: NaN in float columns, "" in string columns.
+
+    `policy: mean` fills each float column with its mean over the training
+    split (the pipeline computes `means` once, through the steps before this
+    one, and never from evaluation data); `zero` with 0; `constant` with
+    `value` (a number for float columns, a string for string columns).
+    String columns are filled only by `constant` with a string value; named
+    one by one (not by a glob) under another policy they are an error.
+    Int columns cannot be missing (an empty int field fails to parse).
+    """
+    if policy == "mean" and means is None:
+        raise ValueError("fill_missing: means are filled from the training split by the pipeline")
+    patterns = [columns] if isinstance(columns, str) else list(columns)
+    exact = {p for p in patterns if not any(ch in p for ch in "*?[")}
+
+    def fn(x, y):
+        out = dict(x)
+        for name in _match(x, columns, "fill_missing"):
+            v = x[name]
+            if v.dtype == tf.string:
+                if policy == "constant" and isinstance(value, str):
+                    out[name] = tf.where(tf.strings.length(v) > 0, v, value)
+                elif name in exact:
+                    raise ValueError(
+                        f"fill_missing: column {name!r} holds strings, which policy {policy!r} cannot fill; "
+                        "use policy: constant with a string value, or drop such rows with drop_missing"
+                    )
+                continue
+            if not v.dtype.is_floating:
+                continue
+            if policy == "mean":
+                fill = means.get(name, 0.0)
+            elif policy == "zero":
+                fill = 0.0
+            elif isinstance(value, str):  # a string constant fills string columns only
+                if name in exact:
+                    raise ValueError(f"fill_missing: column {name!r} holds numbers; value {value!r} is a string")
+                continue
+            else:
+                fill = value
+            out[name] = tf.where(tf.math.is_nan(v), tf.constant(fill, v.dtype), v)
+        return out, y
+
+    return fn
+
+
+def concat_columns(columns="*"):
+    """Joins dict features (CSV columns) into the one float32 tensor an MLP takes.
+
+    The matched columns, in natural name order (c2 before c10) and the order
+    the patterns are listed, become the last axis: a [N] tensor per example
+    ([batch, N] on a batch). Columns not matched are left out. Numeric and
+    int columns are cast to float32; string columns must be mapped to
+    numbers first (vocab_lookup, hash_columns) or left out. Missing values
+    stay NaN: fill or drop them before (fill_missing, drop_missing).
+    """
+
+    def fn(x, y):
+        names = _match(x, columns, "concat_columns")
+        strings = [n for n in names if x[n].dtype == tf.string]
+        if strings:
+            raise ValueError(
+                f"concat_columns: column {strings[0]!r} holds strings; map it to numbers first "
+                "({op: vocab_lookup, column: ..., vocabulary: [...]}) or leave it out of columns"
+            )
+        return tf.stack([tf.cast(x[n], tf.float32) for n in names], axis=-1), y
+
+    return fn
 
 
 def pack(groups: dict, keep_rest: bool = False):
@@ -309,7 +447,9 @@ STEPS = {
     "hash_columns": hash_columns,
     "vocab_lookup": vocab_lookup,
     "drop_missing": drop_missing,
+    "fill_missing": fill_missing,
     "pack": pack,
+    "concat_columns": concat_columns,
 }
 
 # Ops that also accept a batch: allowed with data.map.vectorized.
@@ -325,13 +465,165 @@ BATCHABLE = frozenset(
         "hash_columns",
         "vocab_lookup",
         "drop_missing",
+        "fill_missing",
         "pack",
+        "concat_columns",
     }
 )
 
 # Ops whose output differs between epochs (augmentation). Everything before the
 # first of them is deterministic and can run once, before the cache.
 RANDOM_OPS = frozenset({"decode_crop_jpeg", "random_crop", "random_flip"})
+
+
+# ---------------------------------------------------------------- argument checks
+#
+# Every argument of every op has a check, run at config load (before
+# TensorFlow starts): each returns None for a good value, else what was
+# expected. An op added to STEPS without checks for all its arguments fails
+# at import (see _check_schema below).
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_in(lo, hi=None):
+    def check(v):
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            return f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+        return None
+
+    return check
+
+
+def _one_of(*choices):
+    def check(v):
+        return None if v in choices else f"one of {', '.join(map(str, choices))}"
+
+    return check
+
+
+def _size(v):
+    if _is_int(v) and v > 0:
+        return None
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(n) and n > 0 for n in v):
+        return None
+    return "a positive integer or [height, width] of positive integers"
+
+
+def _number(v):
+    return None if _is_num(v) else "a number"
+
+
+def _numbers(v):
+    if _is_num(v) or (isinstance(v, (list, tuple)) and v and all(_is_num(n) for n in v)):
+        return None
+    return "a number or a non-empty list of numbers"
+
+
+def _name(v):
+    return None if isinstance(v, str) and v else "a non-empty string"
+
+
+def _columns(v):
+    if isinstance(v, str) and v:
+        return None
+    if isinstance(v, (list, tuple)) and v and all(isinstance(c, str) and c for c in v):
+        return None
+    return 'a column name or glob ("C*"), or a non-empty list of them'
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _shape(v):
+    if (isinstance(v, (list, tuple)) and v and all(_is_int(n) and (n > 0 or n == -1) for n in v)
+            and list(v).count(-1) <= 1):
+        return None
+    return "a non-empty list of positive integers (at most one -1)"
+
+
+def _groups(v):
+    if isinstance(v, dict) and v and all(isinstance(k, str) and k and _columns(c) is None for k, c in v.items()):
+        return None
+    return "a mapping group name -> column names or globs, e.g. {numeric: [\"I*\"]}"
+
+
+def _vocabulary(v):
+    if (isinstance(v, (list, tuple)) and v and all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in v)
+            and len({str(t) for t in v}) == len(v)):
+        return None
+    return "a non-empty list of distinct strings or integers"
+
+
+def _fill_value(v):
+    return None if _is_num(v) or isinstance(v, str) else "a number (float columns) or a string (string columns)"
+
+
+def _means(v):
+    if isinstance(v, dict) and all(isinstance(k, str) and _is_num(m) for k, m in v.items()):
+        return None
+    return "a mapping column -> number"
+
+
+ARGS = {
+    "rescale": {"scale": _number, "offset": _number, "key": _name},
+    "normalize": {"mean": _numbers, "std": _numbers, "key": _name, "stats_examples": _int_in(1)},
+    "log1p": {"key": _name},
+    "reshape": {"shape": _shape, "key": _name},
+    "one_hot": {"num_classes": _int_in(1)},
+    "binary_label": {},
+    "decode_image": {"key": _name, "channels": _one_of(0, 1, 3, 4)},
+    "decode_crop_jpeg": {"size": _size, "ratio": _one_of(1, 2, 4, 8), "channels": _one_of(0, 1, 3), "key": _name},
+    "resize": {"size": _size, "key": _name, "method": _one_of(*RESIZE_METHODS), "policy": _one_of(*RESIZE_POLICIES)},
+    "random_crop": {"size": _size, "key": _name, "small": _one_of(*SMALL_POLICIES)},
+    "random_flip": {"key": _name},
+    "hash_columns": {"columns": _columns, "num_bins": _int_in(1)},
+    "vocab_lookup": {"column": _name, "vocabulary": _vocabulary, "num_oov_buckets": _int_in(1)},
+    "drop_missing": {"columns": _columns},
+    "fill_missing": {"columns": _columns, "policy": _one_of(*FILL_POLICIES), "value": _fill_value, "means": _means},
+    "pack": {"groups": _groups, "keep_rest": _bool},
+    "concat_columns": {"columns": _columns},
+}
+
+
+def _check_schema():
+    for op, factory in STEPS.items():
+        params = [p for p in inspect.signature(factory).parameters if p != "training"]
+        missing = [p for p in params if p not in ARGS.get(op, {})]
+        if missing:
+            raise AssertionError(f"preprocess.ARGS[{op!r}] has no check for {', '.join(missing)}")
+
+
+_check_schema()
+
+
+def _check_args(op: str, args: dict, where: str) -> None:
+    """Types, ranges and shapes of one step's arguments; ValueError naming the argument."""
+    params = inspect.signature(STEPS[op]).parameters
+    for name, value in args.items():
+        if value is None and params[name].default is None:
+            continue  # the default, written out
+        expected = ARGS[op][name](value)
+        if expected:
+            raise ValueError(f"{where}: {name}: expected {expected}, got {type(value).__name__} {value!r}")
+    if op == "normalize" and isinstance(args.get("mean"), list) and isinstance(args.get("std"), list):
+        if len(args["mean"]) != len(args["std"]):
+            raise ValueError(
+                f"{where}: std: expected as many values as mean ({len(args['mean'])}), got {len(args['std'])}"
+            )
+    if op == "fill_missing":
+        policy = args.get("policy", "mean")
+        if policy == "constant" and args.get("value") is None:
+            raise ValueError(f"{where}: value: expected a number or string with policy: constant, got none")
+        if policy != "constant" and args.get("value") is not None:
+            raise ValueError(f"{where}: value: only policy: constant takes a value, got policy: {policy}")
 
 
 def split_at_first_random(steps) -> tuple[tuple, tuple]:
@@ -379,6 +671,7 @@ def check_steps(steps, where: str = "config", vectorized: bool = False) -> None:
         except TypeError as e:
             params = ", ".join(p for p in sig.parameters if p != "training")
             raise ValueError(f"{where}: {key} ({op}): {e}; its arguments are: {params}") from None
+        _check_args(op, args, f"{where}: {key} ({op})")
         if vectorized and op not in BATCHABLE:
             raise ValueError(
                 f"{where}: {key} ({op}): runs on one example at a time, but data.map.vectorized is true; "
@@ -410,10 +703,64 @@ def _check_imported(op: str, args: dict, where: str, vectorized: bool) -> None:
         raise ValueError(f"{where} ({op}): imported steps run per example, but data.map.vectorized is true")
 
 
-def build(steps, training: bool) -> list:
-    """The step functions in order; random ops get the `training` flag."""
+class StepError(ConfigError):
+    """A step that cannot run on the features it gets (found when the pipeline is built)."""
+
+
+# The StepError a step raised while tf.data traced it. Autograph re-raises
+# errors from converted code as a multi-line StagingError, so the one-line
+# error is kept here and `step_errors` raises it instead.
+_PENDING: list = []
+
+
+@contextlib.contextmanager
+def step_errors():
+    """Context (or decorator) turning a step's error while tf.data traces it back into its one-line `StepError`."""
+    _PENDING.clear()
+    try:
+        yield
+    except StepError:
+        raise
+    except Exception:  # pylint: disable=broad-except
+        if _PENDING:
+            raise _PENDING.pop() from None
+        raise
+    finally:
+        _PENDING.clear()
+
+
+def _named(fn, index: int, op: str):
+    """`fn` whose build-time errors name the step: `data.map.steps[i] (op): ...`.
+
+    Steps run when tf.data traces the map, before any data flows, so a
+    column that is not there or a dtype the step cannot take fails with
+    the step named instead of a traceback from inside tf.data.
+    """
+
+    def named(x, y):
+        try:
+            return fn(x, y)
+        except StepError:
+            raise
+        except (ValueError, TypeError) as e:
+            msg = " ".join(str(e).split())
+            msg = msg[len(op) + 2:] if msg.startswith(f"{op}: ") else msg
+            error = StepError(f"data.map.steps[{index}] ({op}): {msg[:400]}")
+            _PENDING.append(error)
+            raise error from None
+
+    named.is_filter = getattr(fn, "is_filter", False)
+    named.resources = getattr(fn, "resources", ())
+    return named
+
+
+def build(steps, training: bool, first: int = 0) -> list:
+    """The step functions in order; random ops get the `training` flag.
+
+    `first` is the index of `steps[0]` in `data.map.steps`, for error messages.
+    """
     fns = []
-    for step in steps:
+    for i, step in enumerate(steps):
         args = _args(step)
         if importpath.is_import_path(step["op"]):
             fns.append(_imported(step["op"], args)(**args))
@@ -421,7 +768,7 @@ def build(steps, training: bool) -> list:
         factory = STEPS[step["op"]]
         if "training" in inspect.signature(factory).parameters:
             args["training"] = training
-        fns.append(factory(**args))
+        fns.append(_named(factory(**args), first + i, step["op"]))
     return fns
 
 
@@ -436,6 +783,8 @@ def compose(steps, training: bool = False):
             x, y = f(x, y)
         return x, y
 
+    # Lookup tables the steps hold: a SavedModel must track them to export a graph that uses them.
+    fn.resources = tuple(r for f in fns for r in getattr(f, "resources", ()))
     return fn
 
 
@@ -452,3 +801,23 @@ def compute_stats(batches: tf.data.Dataset, key=None) -> tuple[list, list]:
     mean = total / count
     std = tf.sqrt(tf.maximum(total_sq / count - mean * mean, 0.0))
     return [float(m) for m in mean.numpy()], [float(s) for s in std.numpy()]
+
+
+def compute_means(batches: tf.data.Dataset, columns) -> dict:
+    """Mean of each matched float column over a dataset of (dict features, label) batches, NaN left out.
+
+    A column with no value at all gets 0.0.
+    """
+    total: dict = {}
+    count: dict = {}
+    for x, _ in batches:
+        for name in _match(x, columns, "fill_missing"):
+            v = x[name]
+            if not v.dtype.is_floating:
+                continue
+            v = tf.reshape(tf.cast(v, tf.float64), [-1])
+            ok = tf.logical_not(tf.math.is_nan(v))
+            # Kept as tensors: one host read per column at the end, not per batch.
+            total[name] = total.get(name, 0.0) + tf.reduce_sum(tf.where(ok, v, 0.0))
+            count[name] = count.get(name, 0) + tf.reduce_sum(tf.cast(ok, tf.float64))
+    return {name: (float(total[name] / count[name]) if float(count[name]) else 0.0) for name in total}

@@ -13,10 +13,13 @@ how to turn one raw record into `(features, label)`:
 
 Files are listed from globs (comma-separated allowed), sorted, and permuted
 with `data.read.seed`, so every run and every worker sees the same order.
+`data.holdout` cuts validation and test splits from the training files of
+csv and image_folder sources when their own globs are empty.
 """
 
 from __future__ import annotations
 
+import csv as csv_lib
 import dataclasses
 import fnmatch
 import functools
@@ -31,7 +34,8 @@ import tensorflow as tf
 from tfpipe.data import feature_spec
 
 SPLITS = ("train", "validation", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# What decode_image reads (decode_crop_jpeg: JPEG only; preflight names others).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +174,39 @@ def synthetic(data_cfg, split: str) -> Source:
     return _in_memory(x, y, data_cfg, split, cfg.num_classes)
 
 
+# ---------------------------------------------------------------- holdout (splits cut from the training files)
+
+
+def holdout_range(data_cfg, split: str) -> tuple[float, float] | None:
+    """The share [lo, hi) of the training files' examples that `split` takes, or None: no cut.
+
+    `data.holdout.test` takes [0, t), `.validation` [t, t + v), and training
+    the rest; a split whose own glob is set is not cut (load refuses both).
+    """
+    h = data_cfg.holdout
+    t = h.test if not data_cfg.files.test else 0.0
+    v = h.validation if not data_cfg.files.validation else 0.0
+    if not (t or v):
+        return None
+    ranges = {"test": (0.0, t), "validation": (t, t + v), "train": (t + v, 1.0)}
+    lo, hi = ranges[split]
+    if split != "train" and (getattr(data_cfg.files, split) or hi <= lo):
+        return None  # its own files, or not held out: no cut
+    return lo, hi
+
+
+_HASH = 2654435761  # Knuth's multiplicative hash: consecutive lines spread evenly over [0, 1)
+
+
+def _line_share(index, seed: int):
+    """Where line `index` of a file falls in [0, 1): the same in NumPy and in the graph."""
+    # The seed shifts the whole sequence by a large, seed-dependent offset.
+    hashed = (index * _HASH + (seed * 2246822519 + 12345) % 4294967296) % 4294967296
+    if isinstance(hashed, tf.Tensor):
+        return tf.cast(hashed, tf.float64) / 4294967296.0
+    return hashed / 4294967296.0
+
+
 # ---------------------------------------------------------------- csv
 
 _CSV_TYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
@@ -198,6 +235,8 @@ def csv_columns(data_cfg, first_file: str) -> list[tuple[str, str]]:
                 kind = t
         if kind not in _CSV_TYPES:
             raise ValueError(f"data.csv.columns: {name}: expected one of float, int, string, got {kind!r}")
+        if name == cfg.label_column and cfg.num_classes == 0:
+            kind = "float"  # no classes: the label is a regression target
         types.append((name, kind))
     if cfg.label_column and cfg.label_column not in names:
         raise ValueError(
@@ -237,18 +276,105 @@ def _count_lines(path: str, header: bool) -> int:
     return n - (1 if header else 0)
 
 
+def _file_key(files) -> tuple:
+    """Files with their size and mtime: a cache key that changes when a file does."""
+    return tuple((f, os.path.getsize(f), os.path.getmtime(f)) for f in files)
+
+
+@functools.lru_cache(maxsize=32)
+def _label_values(file_key: tuple, column: int, header: bool, delimiter: str) -> tuple:
+    """Per file: {label value: first line holding it}, read with Python's csv module."""
+    out = []
+    for path, _, _ in file_key:
+        seen: dict = {}
+        with open(path, encoding="utf-8", newline="") as f:
+            for lineno, row in enumerate(csv_lib.reader(f, delimiter=delimiter), start=1):
+                if header and lineno == 1:
+                    continue
+                if column < len(row):  # short rows are preflight's to name
+                    seen.setdefault(row[column], lineno)
+        out.append((path, seen))
+    return tuple(out)
+
+
+def _split_labels(data_cfg, files, columns):
+    names = [n for n, _ in columns]
+    return _label_values(_file_key(files), names.index(data_cfg.csv.label_column), data_cfg.csv.header,
+                         data_cfg.csv.delimiter)
+
+
+def string_labels(data_cfg, columns=None) -> tuple | None:
+    """The class names of a CSV's string label column, sorted: id i is the i-th (None: not string labels).
+
+    Taken from the training split, so every split maps a name to the same id.
+    Names that are all integers ("0", "3", "7") are ids already: "0".."7".
+
+    Raises:
+        ValueError: an empty label, or fewer than two classes, naming file and line.
+    """
+    cfg = data_cfg.csv
+    if data_cfg.source != "csv" or not cfg.label_column or cfg.num_classes == 0 or not data_cfg.files.train:
+        return None
+    files = list_files(data_cfg.files.train, data_cfg.read, "data.files.train")
+    columns = columns or csv_columns(data_cfg, sorted(files)[0])
+    if dict(columns)[cfg.label_column] != "string":
+        return None
+    values: dict = {}
+    for path, seen in _split_labels(data_cfg, sorted(files), columns):
+        for value, line in seen.items():
+            values.setdefault(value, (path, line))
+    if "" in values:
+        path, line = values[""]
+        raise ValueError(f"{path}: line {line}: empty label in column {cfg.label_column!r}; expected a class name")
+    if len(values) < 2:
+        raise ValueError(
+            f"data.files.train: column {cfg.label_column!r} holds {len(values)} label value(s) "
+            f"({', '.join(map(repr, values))}); expected at least two classes (or model.loss: mse for numbers)"
+        )
+    if all(v.isdigit() and v == str(int(v)) for v in values):
+        # Class ids written as text ("0", "1", ...): id i is "i", so a class
+        # missing from the training split does not shift the others.
+        return tuple(str(i) for i in range(max(int(v) for v in values) + 1))
+    return tuple(sorted(values, key=_natural_key))
+
+
+def _natural_key(name: str):
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def _check_known_labels(data_cfg, split, files, columns, labels) -> None:
+    """Every label of a validation or test file must be a training-split class: one line naming the first that is not."""
+    known = set(labels)
+    for path, seen in _split_labels(data_cfg, sorted(files), columns):
+        unseen = sorted(((line, v) for v, line in seen.items() if v not in known))
+        if unseen:
+            line, value = unseen[0]
+            shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+            raise ValueError(
+                f"{path}: line {line}: label {value!r} is not a class of the training split ({shown}); "
+                f"expected one of those (data.files.{split})"
+            )
+
+
 def csv(data_cfg, split: str) -> Source:
     """Rows of CSV files: features are a dict of columns, the label one column.
 
     Missing values: empty float fields read as NaN and empty strings as "",
-    so `drop_missing` can find them; an empty int field is an error.
+    so `drop_missing` can find them; an empty int field is an error. With
+    `data.holdout`, the validation/test rows are cut from the training files.
     """
-    pattern = _split_pattern(data_cfg, split)
+    cut = holdout_range(data_cfg, split)
+    pattern = data_cfg.files.train if cut and split != "train" else _split_pattern(data_cfg, split)
     if not pattern:
         return Source(num_examples=0, num_classes=data_cfg.csv.num_classes, files=())
     files = list_files(pattern, data_cfg.read, f"data.files.{split}")
     cfg = data_cfg.csv
     columns = csv_columns(data_cfg, sorted(files)[0])
+    labels = string_labels(data_cfg, columns)
+    if labels is not None and split != "train" and not data_cfg.ignore_errors:
+        # With ignore_errors such rows get id -1 and are skipped (and counted) as bad labels.
+        _check_known_labels(data_cfg, split, files, columns, labels)
+    num_classes = len(labels) if labels is not None else cfg.num_classes
     defaults = []
     for _, kind in columns:
         if kind == "float":
@@ -260,10 +386,26 @@ def csv(data_cfg, split: str) -> Source:
     names = [n for n, _ in columns]
 
     line_ok = csv_line_regex(columns, cfg.delimiter)
+    table = None
+    if labels is not None:
+        # Names -> ids; a name not in the training split gets -1, which the
+        # label check stops on (preflight has named such lines already).
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(labels), tf.range(len(labels), dtype=tf.int64)), -1
+        )
+
+    seed = data_cfg.split.seed
 
     def reader(path):
         ds = tf.data.TextLineDataset(path)
         ds = ds.skip(1) if cfg.header else ds
+        if cut:
+            # This split's share of the lines, by line number: every worker and
+            # every epoch cuts the same rows, and the count below matches.
+            lo, hi = cut
+            ds = ds.enumerate().filter(
+                lambda i, _: (lo <= _line_share(i, seed)) & (_line_share(i, seed) < hi)
+            ).map(lambda _, line: line)
         if data_cfg.ignore_errors:
             # decode_csv fails a whole batch for one bad row; dropping rows that
             # do not match the column types keeps the good rows of that batch.
@@ -277,10 +419,17 @@ def csv(data_cfg, split: str) -> Source:
         values = tf.io.decode_csv(lines, defaults, field_delim=cfg.delimiter)
         row = dict(zip(names, values))
         label = row.pop(cfg.label_column) if cfg.label_column else tf.zeros_like(values[0], tf.int64)
+        if table is not None:
+            label = table.lookup(label)
         return row, label
 
     count = sum(_count_lines(f, cfg.header) for f in files)
-    return Source(num_examples=count, num_classes=cfg.num_classes, files=files, reader=reader, parse=parse)
+    if cut:
+        count = 0
+        for f in files:
+            share = _line_share(np.arange(_count_lines(f, cfg.header), dtype=np.int64), seed)
+            count += int(((share >= cut[0]) & (share < cut[1])).sum())
+    return Source(num_examples=count, num_classes=num_classes, files=files, reader=reader, parse=parse)
 
 
 # ---------------------------------------------------------------- tfrecord
@@ -335,37 +484,72 @@ def tfrecord(data_cfg, split: str) -> Source:
 
 
 def image_folder_classes(root: str) -> list[str]:
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{root}: expected one sub-folder per class, found none")
     return classes
 
 
-def image_folder(data_cfg, split: str) -> Source:
-    """Images in `<root>/<class>/<file>.{jpg,jpeg,png}`; features are the encoded bytes.
+def images_under(folder: str) -> list[str]:
+    """Image files anywhere below `folder`, sorted; hidden files and folders (.DS_Store, ._x.jpg) left out."""
+    found = []
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(parent, f) for f in sorted(files)
+                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    return found
 
-    Classes are the sorted sub-folder names of the first root; a `decode_image`
-    or `decode_crop_jpeg` step turns the bytes into pixels.
-    """
-    pattern = _split_pattern(data_cfg, split)
-    if not pattern:
-        return Source(num_examples=0, num_classes=0, files=())
-    roots = [r for r in list_files(pattern, data_cfg.read, f"data.files.{split}") if os.path.isdir(r)]
+
+def _image_folder_files(data_cfg, pattern: str, key: str):
+    """(paths, labels, classes) of the class folders under the roots `pattern` names, in sorted order."""
+    roots = [r for r in list_files(pattern, data_cfg.read, key) if os.path.isdir(r)]
     if not roots:
-        raise FileNotFoundError(f"data.files.{split}: {pattern!r} matches no directory")
+        raise FileNotFoundError(f"{key}: {pattern!r} matches no directory")
     classes = image_folder_classes(sorted(roots)[0])
     paths, labels = [], []
     for root in sorted(roots):
         for label, name in enumerate(classes):
             folder = os.path.join(root, name)
-            if not os.path.isdir(folder):
-                continue
-            for fname in sorted(os.listdir(folder)):
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(folder, fname))
-                    labels.append(label)
+            if os.path.isdir(folder):
+                found = images_under(folder)
+                paths.extend(found)
+                labels.extend([label] * len(found))
     if not paths:
-        raise FileNotFoundError(f"data.files.{split}: no {'/'.join(IMAGE_EXTENSIONS)} files under {pattern!r}")
+        raise FileNotFoundError(f"{key}: no {'/'.join(IMAGE_EXTENSIONS)} files under {pattern!r}")
+    return paths, labels, classes
+
+
+def holdout_images(labels, cut: tuple, seed: int) -> list:
+    """Indices of the images in the share `cut` = [lo, hi) of each class, in a seeded order per class."""
+    rng = np.random.default_rng(seed)
+    taken = []
+    labels = np.asarray(labels)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        lo, hi = (int(round(f * len(idx))) for f in cut)
+        taken.extend(int(i) for i in idx[lo:hi])
+    return sorted(taken)
+
+
+def image_folder(data_cfg, split: str) -> Source:
+    """Images in `<root>/<class>/.../<file>.{jpg,jpeg,png,gif,bmp}`; features are the encoded bytes.
+
+    Classes are the sorted sub-folder names of the first root; a class's
+    images may sit in nested folders below it. A `decode_image` (any of
+    these formats; grayscale and RGBA become `channels`) or `decode_crop_jpeg`
+    step turns the bytes into pixels. `data.holdout` cuts validation and
+    test splits from the training folder: that share of each class's images.
+    """
+    cut = holdout_range(data_cfg, split)
+    pattern, key = _split_pattern(data_cfg, split), f"data.files.{split}"
+    if cut:
+        pattern, key = data_cfg.files.train, "data.files.train"
+    if not pattern:
+        return Source(num_examples=0, num_classes=0, files=())
+    paths, labels, classes = _image_folder_files(data_cfg, pattern, key)
+    if cut:
+        keep = holdout_images(labels, cut, data_cfg.split.seed)
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     order = np.random.default_rng(data_cfg.read.seed).permutation(len(paths))
     if not data_cfg.read.shuffle_files:
         order = np.arange(len(paths))

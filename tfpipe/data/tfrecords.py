@@ -63,13 +63,12 @@ def _update_spec(out_dir: str, features: dict, num_classes: int, counts: dict) -
 
 
 def from_image_folder(root: str, out_dir: str, num_shards: int = 8, split: str = "train", seed: int = 0) -> str:
-    """Image folder (`root/<class>/*.jpg|png`) -> shards of {image: encoded bytes, label: int64}."""
+    """Image folder (`root/<class>/.../*.jpg|png|gif|bmp`, as the image_folder source reads it)
+    -> shards of {image: encoded bytes, label: int64}."""
     classes = sources.image_folder_classes(root)
     items = []
     for label, name in enumerate(classes):
-        for path in sorted(glob.glob(os.path.join(root, name, "*"))):
-            if path.lower().endswith(sources.IMAGE_EXTENSIONS):
-                items.append((path, label))
+        items.extend((path, label) for path in sources.images_under(os.path.join(root, name)))
     # Shuffled once here so each shard mixes classes.
     order = np.random.default_rng(seed).permutation(len(items))
 

@@ -96,11 +96,13 @@ def preprocessor(steps, raw: dict):
         else:
             groups.append((batched, [step]))
     single = len(raw) == 1
+    # Built once, outside the serving function: lookup tables are created
+    # eagerly and tracked by the SavedModel through `run.resources`.
+    composed = [(batched, preprocess.compose(group, training=False)) for batched, group in groups]
 
     def run(features):
         x = next(iter(features.values())) if single else dict(features)
-        for batched, group in groups:
-            fn = preprocess.compose(group, training=False)
+        for batched, fn in composed:
             if batched:
                 x, _ = fn(x, None)
                 continue
@@ -110,6 +112,7 @@ def preprocessor(steps, raw: dict):
             x = tf.map_fn(lambda r, f=fn: f(r, None)[0], x, fn_output_signature=out_spec)
         return x
 
+    run.resources = tuple(r for _, fn in composed for r in fn.resources)
     return run
 
 
@@ -160,6 +163,7 @@ def export(model: keras.Model, cfg: config_lib.Config, base_dir, version: int | 
     # Keras 3 layers are trackable: the module saves the model's variables,
     # and lookup tables captured by the preprocessing come along with the graph.
     module.model = model
+    module.tables = list(prep.resources)  # vocab_lookup's tables (untracked, the save would fail)
     module.serve = fn
     path = base / str(version)
     tmp = path.with_name(path.name + ".tmp")

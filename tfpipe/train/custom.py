@@ -143,9 +143,12 @@ def build_model(model, cfg, features_spec, num_classes: int, strategy):
     input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
     if model is None:
         try:
+            models.check_features(cfg.model.name, features_spec)
             return models.build(cfg.model.name, input_shape, num_classes, cfg.model.params)
-        except (TypeError, ValueError) as e:  # a model.params value the builder cannot take
-            raise config_lib.ConfigError(f"model.params for {cfg.model.name!r}: {_one_line(e)}") from None
+        except (TypeError, ValueError) as e:  # features that do not fit, or a model.params value it cannot take
+            msg = _one_line(e)
+            where = "data.map.steps" if msg.startswith("model ") else f"model.params for {cfg.model.name!r}"
+            raise config_lib.ConfigError(f"{where}: {msg}") from None
     if not isinstance(model, keras.Model):
         if not callable(model):
             raise config_lib.ConfigError(f"model: expected a keras.Model or a builder function, got {type(model).__name__}")
@@ -222,7 +225,7 @@ def compiled_copy(model, cfg, strategy, features_spec=None):
     from tfpipe.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
 
     def compiled(target, opt):
-        accuracy = steps_lib._ACCURACY[cfg.model.loss](name="accuracy")  # pylint: disable=protected-access
+        accuracy = steps_lib._ACCURACY[cfg.model.loss](name=steps_lib.metric_name(cfg.model.loss))  # pylint: disable=protected-access
         target.compile(optimizer=opt, loss=cfg.model.loss, metrics=[accuracy])
         return target
 

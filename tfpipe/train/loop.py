@@ -30,7 +30,7 @@ from tfpipe.train import faults
 from tfpipe.train import optimizers
 from tfpipe.profile import trace
 from tfpipe.train import inputs
-from tfpipe.data import check, pipeline, sources
+from tfpipe.data import check, labels, pipeline, sources
 from tfpipe.train import custom, progress
 from tfpipe.train import result as result_lib
 from tfpipe.train.steps import Metrics, Steps
@@ -101,10 +101,12 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     # Only the chief writes into workdir; other workers write to a temporary dir.
     outdir = Path(strategies.output_dir(workdir))
     config_lib.dump(cfg, outdir / "config.yaml")
+    labels.save(cfg.data, outdir)  # a string label column's class names (labels.json), checked on resume
 
     # ---------------------------------------------------------------- Input
     # Bad files fail here, naming file and record, before any training.
     data_report = check.preflight(cfg.data, log=_say)
+    check.require_eval_split(cfg.data)  # the run ends by evaluating: a split for it must exist
     train_source = sources.load(cfg.data, "train")
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / global_batch)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -220,7 +222,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
                     epoch_steps += n
                 now = time.perf_counter()
                 if now - last_draw > 0.2 or current == epoch_end:
-                    values = [("loss", float(results[0])), ("accuracy", float(results[1]))]
+                    values = [("loss", float(results[0])), (train_metrics.name, float(results[1]))]
                     line.update(current - epoch * steps_per_epoch, dict(values), profiler.ms_per_step(epoch_steps, now - start))
                     last_draw = now
                     nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
@@ -289,7 +291,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
 
     # ---------------------------------------------------------------- Report
     metrics = {
-        "accuracy": final["accuracy"],
+        eval_metrics.name: final[eval_metrics.name],  # accuracy, or mae for regression
         "loss": final["loss"],
         "eval_split": split,
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
@@ -312,7 +314,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     strategies.cleanup_output_dir(outdir, workdir)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
     _say(
-        f"done: {split} accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f}, "
+        f"done: {split} {eval_metrics.name} {metrics[eval_metrics.name]:.4f} loss {metrics['loss']:.4f}, "
         f"{eps} examples/sec, {metrics['steps']} steps, weights {metrics['weights_sha256'][:12]} -> "
         + (str(workdir) if outdir == workdir else "(not the chief: outputs discarded)")
     )

@@ -27,15 +27,24 @@ _ACCURACY = {
     "categorical_crossentropy": keras.metrics.CategoricalAccuracy,
     "sparse_categorical_crossentropy": keras.metrics.SparseCategoricalAccuracy,
     "binary_crossentropy": keras.metrics.BinaryAccuracy,
+    # Regression targets have no accuracy: the mean absolute error takes its place.
+    "mse": keras.metrics.MeanAbsoluteError,
+    "mae": keras.metrics.MeanAbsoluteError,
 }
 
 
+def metric_name(loss_name: str) -> str:
+    """The name of the metric reported beside the loss: accuracy, or mae for regression losses."""
+    return "mae" if loss_name in ("mse", "mae") else "accuracy"
+
+
 class Metrics:
-    """Loss mean and accuracy for one phase (train or eval); build in strategy scope."""
+    """Loss mean and accuracy (mae for regression) for one phase (train or eval); build in strategy scope."""
 
     def __init__(self, loss_name: str, prefix: str):
         self.loss = keras.metrics.Mean(name=f"{prefix}_loss")
-        self.accuracy = _ACCURACY[loss_name](name=f"{prefix}_accuracy")
+        self.name = metric_name(loss_name)
+        self.accuracy = _ACCURACY[loss_name](name=f"{prefix}_{self.name}")
 
     def update(self, per_example_loss, labels, predictions):
         self.loss.update_state(per_example_loss)
@@ -50,7 +59,7 @@ class Metrics:
         return self.loss.result(), self.accuracy.result()
 
     def result(self) -> dict:
-        return {"loss": float(self.loss.result()), "accuracy": float(self.accuracy.result())}
+        return {"loss": float(self.loss.result()), self.name: float(self.accuracy.result())}
 
 
 class Steps:
