@@ -273,9 +273,6 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             with writers["train"].as_default(step=current):
                 for name, value in result.items():
                     tf.summary.scalar(name, value)
-                # The scheduled rate of the next step (the schedule at optimizer.iterations).
-                rate = schedules.current_rate(optimizer)
-                tf.summary.scalar("learning_rate", rate)
                 if epoch_steps:
                     tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
                     if input_timer.enabled:
@@ -293,6 +290,11 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             if stopper and (note := stopper.update(val, epoch + 1)):
                 line.note(note)
                 stopped = True
+            # The rate the next step uses: the schedule at optimizer.iterations,
+            # after any plateau cut made just above.
+            rate = schedules.current_rate(optimizer)
+            with writers["train"].as_default(step=current):
+                tf.summary.scalar("learning_rate", rate)
             ms = 1000 * epoch_seconds / epoch_steps if epoch_steps else None
             history.append({"epoch": epoch + 1, "step": current, **result, **{f"val_{k}": v for k, v in val.items()},
                             "learning_rate": rate,
