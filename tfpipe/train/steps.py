@@ -117,7 +117,7 @@ class Steps:
         if replicas > 1:
             grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         factor = 1.0 / replicas
-        scale = tf.cast(self.optimizer.loss_scale_factor, tf.float32) if self.loss_scaled else None
+        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32) if self.loss_scaled else None
         dense = [None if g is None else tf.convert_to_tensor(g) for g in grads]
         if scale is not None:
             dense = [None if g is None else g / scale for g in dense]
