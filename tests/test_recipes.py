@@ -256,6 +256,14 @@ def test_early_stopping_ends_early_exports_the_best_and_survives_resume(tmp_path
     assert "already holds a finished run" in capsys.readouterr().out
 
 
+def test_a_run_resumed_with_early_stopping_newly_on_resumes(tmp_path, capsys):
+    """Recipe state is optional in a checkpoint: switching a recipe on for the rest of a run works."""
+    tfpipe.train(config("recipe_early_stopping", "train.early_stopping.enabled=false", epochs=1), tmp_path)
+    result = tfpipe.train(config("recipe_early_stopping", epochs=2), tmp_path)
+    assert "resuming from" in capsys.readouterr().out
+    assert result["steps"] == 2 * SPE and result["early_stopping"]["best_epoch"] == 2
+
+
 @pytest.mark.slow
 def test_evaluate_and_predict_scripts_on_a_finished_run(tmp_path):
     """scripts/evaluate.py and scripts/predict.py as a user runs them (also `tfpipe evaluate`/`predict`)."""

@@ -191,7 +191,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         outdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
         restore_dir=workdir / "checkpoints",
         model=model, optimizer=optimizer, random=checkpoints.random_state(model),
-        **train_data.trackables, **recipe_state,
+        optional=recipe_state, **train_data.trackables,
     )  # fmt: skip
     if checkpointer.restore():
         _say(
