@@ -74,6 +74,18 @@ def test_bad_recipe_keys_fail_at_load_with_one_line(override, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["train.early_stopping.enabled=true", "data.split.validation=0.0"],
+     "train.early_stopping.monitor: needs a validation split, and this data has none"),
+    (["train.class_weights=[1.0, 2.0]"], "train.class_weights: expected 10 weights \\(one per class\\), got 2"),
+    (["train.class_weights={12: 2.0}"], "train.class_weights: class id 12 out of range for 10 classes"),
+    (["train.metrics=[top_10]"], "train.metrics: top_10 needs more than 10 classes, got 10"),
+])
+def test_recipe_errors_found_when_the_data_is_known_are_config_errors(tmp_path, overrides, message):
+    with pytest.raises(tfpipe.ConfigError, match=message):
+        tfpipe.train(config("recipe_cosine", *overrides), tmp_path)
+
+
 # ---------------------------------------------------------------- schedules
 
 
