@@ -42,7 +42,8 @@ def load_run(workdir):
             raise RunError(f"--workdir {workdir}: expected a finished run holding {need}. Received: no such file")
     import keras  # pylint: disable=import-outside-toplevel
 
-    import tfpipe.train.optimizers  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import  # registers FusedAdam
+    # Registers tfpipe's Keras classes (FusedAdam) before loading.
+    import tfpipe.train.optimizers  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
 
     cfg = config_lib.load(workdir / "config.yaml")
     return cfg, keras.models.load_model(workdir / "model.keras", compile=False)
@@ -172,7 +173,9 @@ def predict(workdir, output, split: str | None = "test", files: str | None = Non
         predictions = model(features, training=False)
         p = np.asarray(predictions, np.float64)
         ids = predicted_ids(predictions).numpy() if classify else None
-        truth = (class_ids(labels, predictions).numpy() if classify else np.asarray(labels).reshape(len(p), -1)[:, 0]) if labelled else None
+        truth = None
+        if labelled:
+            truth = class_ids(labels, predictions).numpy() if classify else np.asarray(labels).reshape(len(p), -1)[:, 0]
         for i in range(len(p)):
             row = {"index": len(rows)}
             if truth is not None:
@@ -191,10 +194,14 @@ def predict(workdir, output, split: str | None = "test", files: str | None = Non
             writer = csv_lib.writer(f)
             width = len(rows[0].get("probabilities", [])) if rows else 0
             prob_names = ["p1"] if width == 1 else [f"p{c}" for c in range(width)]
-            head = ["index"] + (["label"] if labelled else []) + (["class_id", *prob_names] if classify else ["prediction"])
+            head = ["index"] + (["label"] if labelled else [])
+            head += ["class_id", *prob_names] if classify else ["prediction"]
             writer.writerow(head)
             for row in rows:
                 values = [row["index"]] + ([row["label"]] if labelled else [])
-                values += [row["class_id"], *(f"{v:.6g}" for v in row["probabilities"])] if classify else [row["prediction"]]
+                if classify:
+                    values += [row["class_id"], *(f"{v:.6g}" for v in row["probabilities"])]
+                else:
+                    values.append(row["prediction"])
                 writer.writerow(values)
     return {"output": str(output), "examples": len(rows)}

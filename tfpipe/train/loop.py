@@ -200,6 +200,9 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         )
     stopped = bool(stopper and stopper.stopped)  # an early-stopped run is not trained on
     if (int(step) >= total_steps or stopped) and (workdir / "metrics.json").exists():
+        if stopped:
+            _say(f"train.early_stopping ended this run after epoch {int(stopper.stopped_epoch.numpy())}; "
+                 "more epochs will not resume it (a new workdir trains afresh)")
         return custom.finished(workdir, total_steps)
     train_data.start(int(step), checkpointer.latest)
     profiler.plan(total_steps, int(step), steps_per_epoch)  # a run too short for the window gets it earlier
@@ -299,7 +302,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             history.append({"epoch": epoch + 1, "step": current, **result, **{f"val_{k}": v for k, v in val.items()},
                             "learning_rate": rate,
                             "examples_per_sec": epoch_steps * global_batch / epoch_seconds if epoch_steps else None})
-            shown = {k: v for k, v in history[-1].items() if k not in ("epoch", "step", "examples_per_sec", "learning_rate")}
+            hidden = ("epoch", "step", "examples_per_sec", "learning_rate")
+            shown = {k: v for k, v in history[-1].items() if k not in hidden}
             if cfg.optimizer.schedule.name != "constant" or cfg.optimizer.schedule.warmup:
                 shown["lr"] = rate
             line.end(shown, ms)

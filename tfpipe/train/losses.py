@@ -32,7 +32,8 @@ def _smoothed(loss_name: str, s: float):
         return lambda labels, predictions: keras.losses.categorical_crossentropy(labels, predictions, label_smoothing=s)
 
     def sparse(labels, predictions):
-        onehot = tf.one_hot(tf.reshape(tf.cast(labels, tf.int32), [-1]), tf.shape(predictions)[-1], dtype=predictions.dtype)
+        ids = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        onehot = tf.one_hot(ids, tf.shape(predictions)[-1], dtype=predictions.dtype)
         return keras.losses.categorical_crossentropy(onehot, predictions, label_smoothing=s)
 
     return sparse

@@ -128,8 +128,9 @@ def build(name: str, loss: str, num_classes: int, prefix: str):
     if k is not None:
         if loss == "binary_crossentropy" or num_classes <= k:
             raise ValueError(f"train.metrics: {name} needs more than {k} classes, got {num_classes}")
-        cls = keras.metrics.TopKCategoricalAccuracy if loss == "categorical_crossentropy" else keras.metrics.SparseTopKCategoricalAccuracy
-        return cls(k=k, name=label)
+        if loss == "categorical_crossentropy":
+            return keras.metrics.TopKCategoricalAccuracy(k=k, name=label)
+        return keras.metrics.SparseTopKCategoricalAccuracy(k=k, name=label)
     two = num_classes <= 2
     if name == "auc":
         if two:

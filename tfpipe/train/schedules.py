@@ -64,7 +64,9 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         """The schedule's multiplier at step `t` (a float32 tensor), before warm-up and scale."""
         s = self.cfg
         if s.name == "piecewise":
-            index = tf.reduce_sum(tf.cast(t >= tf.constant(self.boundaries, tf.float32), tf.int32)) if self.boundaries else 0
+            index = 0
+            if self.boundaries:  # how many boundaries t has passed
+                index = tf.reduce_sum(tf.cast(t >= tf.constant(self.boundaries, tf.float32), tf.int32))
             return tf.gather(tf.constant(s.values, tf.float32), index)
         if s.name == "step":
             return tf.pow(tf.constant(s.decay_rate, tf.float32), tf.floor(t / self.every))

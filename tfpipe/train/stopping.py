@@ -35,7 +35,8 @@ class EarlyStopping:
                            stopping_cfg.min_delta)
         self.stopped_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="stopped_epoch")
         self.best_weights = (
-            [tf.Variable(tf.convert_to_tensor(w), trainable=False, name=f"best_{i}") for i, w in enumerate(model.weights)]
+            [tf.Variable(tf.convert_to_tensor(w), trainable=False, name=f"best_{i}")
+             for i, w in enumerate(model.weights)]
             if stopping_cfg.restore_best else []
         )
 
