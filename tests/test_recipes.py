@@ -206,6 +206,19 @@ def test_clipnorm_bounds_each_variables_update_under_mirrored(tmp_path):
     assert max(norms) == pytest.approx(0.001, rel=1e-3) and all(n <= 0.001 * 1.001 for n in norms)
 
 
+def test_all_recipes_together_train_the_same_under_mirrored_as_under_default(tmp_path):
+    """Two replicas (conftest's logical CPUs) see the same recipe as one: same weights, same metrics."""
+    recipe = ["optimizer.name=adamw", "optimizer.weight_decay=0.5", "optimizer.global_clipnorm=0.5", "model.l2=0.001",
+              "optimizer.schedule.warmup=0.5", "train.label_smoothing=0.1", "train.class_weights=balanced",
+              "train.metrics=[accuracy, auc, precision]", "train.early_stopping.enabled=true", *FAST]
+    runs = {s: tfpipe.train(config("recipe_cosine", *recipe, epochs=2, strategy=s), tmp_path / s)
+            for s in ("default", "mirrored")}
+    for a, b in zip(runs["default"].model.get_weights(), runs["mirrored"].model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    for key in ("loss", "accuracy", "auc", "precision"):
+        assert runs["default"][key] == pytest.approx(runs["mirrored"][key], abs=1e-4), key
+
+
 # ---------------------------------------------------------------- metrics, early stopping, evaluate
 
 
