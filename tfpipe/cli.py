@@ -20,6 +20,8 @@ import sys
 # is not installed (an optional part) is left out of `available()`.
 COMMANDS = {
     "train": "tfpipe.commands.train:main",
+    "evaluate": "tfpipe.commands.evaluate:main",
+    "predict": "tfpipe.commands.predict:main",
     "benchmark_input": "tfpipe.commands.benchmark_input:main",
     "analyze_profile": "tfpipe.commands.analyze_profile:main",
     "capture_profile": "tfpipe.commands.capture_profile:main",

@@ -51,6 +51,11 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.2 floats too: YAML 1.1 wants a dot in the mantissa, so `1e-4` (a
+# learning rate, a weight decay) would be read as the string '1e-4'.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
 
 
 def _yaml(text):
@@ -286,6 +291,39 @@ class ModelConfig:
         choices=("auto", "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy")
         + REGRESSION_LOSSES,
     )
+    # Kernel L2: l2 * sum(kernel ** 2) over every variable named *kernel (Dense,
+    # Conv), added to the training loss (biases, norms, embeddings untouched).
+    l2: float = _field(0.0, min=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning rate over training (tfpipe/train/schedules.py).
+
+    Rates are `optimizer.learning_rate` times a factor; positions (warmup,
+    boundaries, every, length) are counted in `unit`.
+    """
+
+    name: str = _field("constant", choices=("constant", "piecewise", "step", "exponential", "cosine", "plateau"))
+    unit: str = _field("epochs", choices=("epochs", "steps"))
+    # Linear warm-up from 0 to the rate over this long, before any schedule.
+    warmup: float = _field(0.0, min=0.0)
+    # piecewise: the factor is values[i] from boundaries[i-1] on (len(values) = len(boundaries) + 1).
+    boundaries: tuple = ()
+    values: tuple = ()
+    # step: times decay_rate every `every`; exponential: decay_rate ** (t / every), smoothly.
+    every: float = _field(0.0, min=0.0)
+    # step, exponential, plateau: the multiplier.
+    decay_rate: float = _field(0.1, min=0.0)
+    # cosine: decays over `length` after the warm-up (0 = to the end of training), down to alpha.
+    length: float = _field(0.0, min=0.0)
+    alpha: float = _field(0.0, min=0.0, max=1.0)
+    # plateau: times decay_rate when `monitor` (a validation metric) has not
+    # improved by min_delta for `patience` epochs; never below min_lr.
+    monitor: str = "val_loss"
+    patience: int = _field(5, min=1)
+    min_delta: float = _field(0.0, min=0.0)
+    min_lr: float = _field(0.0, min=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,9 +335,33 @@ class OptimizerConfig:
     # one op per variable instead of ~29); false = Keras's own update_step.
     # Other optimizers always use Keras's. See tfpipe/train/optimizers.py.
     fused: bool = True
+    # Decoupled weight decay (AdamW-style, any Keras optimizer): each step
+    # w -= learning_rate * weight_decay * w, apart from the gradient.
+    weight_decay: float = _field(0.0, min=0.0)
+    # Gradient clipping (0 = off), applied to the gradient summed over all
+    # replicas: clipnorm per variable, global_clipnorm over all of them.
+    clipnorm: float = _field(0.0, min=0.0)
+    global_clipnorm: float = _field(0.0, min=0.0)
+    schedule: ScheduleConfig = _section(ScheduleConfig)
 
 
 # ---------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Stop when a validation metric stops improving (tfpipe/train/stopping.py)."""
+
+    enabled: bool = False
+    # val_loss or val_<metric> of train.metrics.
+    monitor: str = "val_loss"
+    # Epochs without an improvement of more than min_delta before stopping.
+    patience: int = _field(5, min=1)
+    min_delta: float = _field(0.0, min=0.0)
+    # auto: min for losses and errors (loss, mae, mse), max for the others.
+    mode: str = _field("auto", choices=("auto", "min", "max"))
+    # Put the best epoch's weights back before the test evaluation and export.
+    restore_best: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +379,17 @@ class TrainConfig:
     on_nonfinite: str = _field("stop", choices=("stop", "skip", "off"))
     # With skip: stop anyway after this many skipped batches.
     max_skipped_steps: int = _field(100, min=0)
+    # Reported beside the loss: accuracy, top_k (top_5; top_3 etc. also),
+    # auc, precision, recall, mae, mse. Empty: accuracy for classification,
+    # mae for regression (tfpipe/train/metrics.py).
+    metrics: tuple = ()
+    # Cross-entropy against (1 - s) * label + s / classes (training loss only).
+    label_smoothing: float = _field(0.0, min=0.0, max=0.99)
+    # Per-class weights of the training loss: a list (one per class), a
+    # mapping class id -> weight (others 1), or "balanced" (n / (classes * count)
+    # from the training labels). Empty: none.
+    class_weights: typing.Any = None
+    early_stopping: EarlyStoppingConfig = _section(EarlyStoppingConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -626,6 +699,8 @@ def _coerce(value, tp, dotted: str, where: str):
     def fail(expected):
         raise ConfigError(f"{where}: {dotted}: expected {expected}, got {_show(value)}")
 
+    if tp is typing.Any:  # free-form (train.class_weights); its own check follows at load
+        return list(value) if isinstance(value, tuple) else value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -705,6 +780,7 @@ def _check_cross_field(cfg: Config, where: str):
             f"{where}: data.ignore_errors: true needs data.check: full (it counts what is skipped), "
             f"got data.check: {cfg.data.check!r}"
         )
+    _check_recipes(cfg, where)
     # Checked here rather than at build time so a typo fails before training starts.
     from tfpipe.data import preprocess, sources  # pylint: disable=import-outside-toplevel
     from tfpipe import models  # pylint: disable=import-outside-toplevel
@@ -718,3 +794,13 @@ def _check_cross_field(cfg: Config, where: str):
         models.check(cfg.model.name, cfg.model.params, where=where)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_recipes(cfg: Config, where: str):
+    """The training-recipe keys: schedule shapes, metric names, monitors, class weights."""
+    from tfpipe.train import recipes  # pylint: disable=import-outside-toplevel  # no TensorFlow in it
+
+    try:
+        recipes.check(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None

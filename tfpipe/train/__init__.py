@@ -15,6 +15,10 @@ that a config error is reported before TensorFlow's start-up lines.
 - `checkpoints.py`: atomic checkpoints, `keep`, fallback to an older one.
 - `faults.py`: non-finite guard, SIGTERM, exit codes.
 - `optimizers.py`: optimizers by name, fused Adam.
+- `recipes.py`, `schedules.py`, `losses.py`, `metrics.py`, `stopping.py`:
+  training recipes (checks at load; learning-rate schedules and plateau;
+  label smoothing, class weights, L2; `train.metrics`; early stopping).
+- `evaluate.py`: metrics and predictions of a finished run.
 - `custom.py`: your own model and data, the workdir choice, finished runs.
 - `result.py`: the `Result` a run returns (metrics, history, model, report).
 - `progress.py`: the one line per epoch.

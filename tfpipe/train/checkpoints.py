@@ -61,15 +61,24 @@ class Checkpointer:
         restore_dir: where `restore` looks (default `directory`). In a
             multi-worker run every worker saves into its own directory but
             restores from the chief's.
+        optional: state saved with the rest but restored only when the
+            checkpoint has it (the training recipes' plateau and early-stopping
+            state: a run resumed with such a recipe newly switched on starts
+            it afresh instead of finding the checkpoint unreadable).
         **trackables: the rest of the state (model, optimizer, input, ...).
     """
 
-    def __init__(self, directory, keep: int, every_steps: int, step: tf.Variable, restore_dir=None, **trackables):
+    def __init__(self, directory, keep: int, every_steps: int, step: tf.Variable, restore_dir=None, optional=None,
+                 **trackables):  # fmt: skip
         self.directory = os.fspath(directory)
         self.restore_dir = os.fspath(restore_dir or directory)
         self.every_steps = every_steps
         self._step = step
-        self.checkpoint = tf.train.Checkpoint(step=step, **trackables)
+        optional = optional or {}
+        self.checkpoint = tf.train.Checkpoint(step=step, **trackables, **optional)
+        # Restored apart: every object of _required must be in the checkpoint, those of _optional may be missing.
+        self._required = tf.train.Checkpoint(step=step, **trackables)
+        self._optional = tf.train.Checkpoint(**optional) if optional else None
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self.directory, max_to_keep=keep, step_counter=step, checkpoint_name="ckpt"
         )
@@ -102,7 +111,9 @@ class Checkpointer:
         failures = []
         for path in self.candidates():
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
+                self._required.restore(path).assert_existing_objects_matched()
+                if self._optional is not None:
+                    self._optional.restore(path).expect_partial()
             # What a damaged checkpoint raises, verified: a truncated data file
             # IndexError, a flipped byte DataLossError (checksum), a missing
             # file NotFoundError; a model that no longer matches raises

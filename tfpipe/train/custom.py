@@ -222,11 +222,10 @@ def compiled_copy(model, cfg, strategy, features_spec=None):
     """
     import keras  # pylint: disable=import-outside-toplevel
 
-    from tfpipe.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
 
     def compiled(target, opt):
-        accuracy = steps_lib._ACCURACY[cfg.model.loss](name=steps_lib.metric_name(cfg.model.loss))  # pylint: disable=protected-access
-        target.compile(optimizer=opt, loss=cfg.model.loss, metrics=[accuracy])
+        target.compile(optimizer=opt, loss=cfg.model.loss, metrics=[metrics_lib.compile_metric(cfg.model.loss)])
         return target
 
     def fresh():

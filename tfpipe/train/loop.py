@@ -27,12 +27,12 @@ from tfpipe import config as config_lib
 from tfpipe import logs
 from tfpipe.distribute import strategies
 from tfpipe.train import faults
-from tfpipe.train import optimizers
 from tfpipe.profile import trace
 from tfpipe.train import inputs
 from tfpipe.data import check, labels, pipeline, sources
 from tfpipe.train import custom, progress
 from tfpipe.train import result as result_lib
+from tfpipe.train import losses, recipes, schedules, stopping
 from tfpipe.train.steps import Metrics, Steps
 
 def _say(msg: str) -> None:
@@ -126,20 +126,42 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             strategy, _input_mode(cfg), input_fn("train", True, stamp), cfg.data, stamped=stamp
         )
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
-    features_spec, labels_spec = pipeline.build(cfg.data, "train", global_batch, training=False).element_spec
+    train_pass = pipeline.build(cfg.data, "train", global_batch, training=False)
+    features_spec, labels_spec = train_pass.element_spec
     cfg = custom.resolve_loss(cfg, labels_spec)  # model.loss: auto -> sparse or categorical
+    metric_names = recipes.metric_names(cfg.train, cfg.model.loss)
+    watched = [k for k, on in (("optimizer.schedule.monitor", cfg.optimizer.schedule.name == "plateau"),
+                               ("train.early_stopping.monitor", cfg.train.early_stopping.enabled)) if on]
+    if watched and "validation" not in eval_splits:
+        raise config_lib.ConfigError(
+            f"{watched[0]}: needs a validation split, and this data has none "
+            "(set data.split.validation or data.files.validation)"
+        )
+    # Label smoothing and class weights ("balanced" reads the training labels once).
+    train_loss_fn = losses.from_config(cfg, train_source.num_classes, train_pass, log=_say)
 
     # ---------------------------------------------------------------- Model
     with strategy.scope():
         with strategies.precision_policy(cfg.runtime):
             # model.name, or the caller's keras.Model or builder (tfpipe/train/custom.py).
             model = custom.build_model(model, cfg, features_spec, train_source.num_classes, strategy)
-        optimizer = optimizers.build(cfg.optimizer, learning_rate)  # fused Adam unless optimizer.fused is false
+        # optimizer.schedule (evaluated at optimizer.iterations, which the
+        # checkpoint holds); fused Adam unless optimizer.fused is false.
+        optimizer, plateau = schedules.build_optimizer(
+            cfg, learning_rate, steps_per_epoch, total_steps,
+            recipes.mode(cfg.optimizer.schedule.monitor),
+        )  # fmt: skip
         optimizer = strategies.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
         optimizer.build(model.trainable_variables)
-        train_metrics = Metrics(cfg.model.loss, "train")
-        eval_metrics = Metrics(cfg.model.loss, "eval")
+        try:
+            train_metrics = Metrics(cfg.model.loss, "train", metric_names, train_source.num_classes)
+            eval_metrics = Metrics(cfg.model.loss, "eval", metric_names, train_source.num_classes)
+        except ValueError as e:  # top_k of too few classes
+            raise config_lib.ConfigError(str(e)) from None
+        stopper = stopping.EarlyStopping(cfg.train.early_stopping, model) if cfg.train.early_stopping.enabled else None
+    if cfg.model.l2 and not losses.kernels(model):
+        raise config_lib.ConfigError(f"model.l2: the model {model.name!r} has no kernel variables to apply it to")
     # The functional form returns one loss per example; tf.nn.compute_average_loss
     # then divides by the global batch, which is right for any replica count.
     loss_fn = keras.losses.get(cfg.model.loss)
@@ -154,7 +176,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
 
     steps = Steps(
         strategy, model, optimizer, loss_fn, train_metrics, eval_metrics, nonfinite, input_timer, step,
-        train_data, coordinator=coordinator, jit_compile=cfg.runtime.jit_compile,
+        train_data, coordinator=coordinator, jit_compile=cfg.runtime.jit_compile, train_loss_fn=train_loss_fn,
+        l2=cfg.model.l2, clipnorm=cfg.optimizer.clipnorm, global_clipnorm=cfg.optimizer.global_clipnorm,
     )  # fmt: skip
 
     # ---------------------------------------------------------------- Restore
@@ -162,14 +185,25 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     # saving a sync-on-read variable all-reduces it, and a chief saving alone
     # pairs that with a peer's next step (verified: "Shape mismatch in the
     # collective instance"). Every worker restores from the chief's checkpoints.
+    # The plateau and early-stopping state (best value, wait, best weights) is
+    # in it too, so a resumed run waits and stops as an uninterrupted one.
+    recipe_state = {}
+    if plateau:
+        recipe_state["plateau"] = tf.train.Checkpoint(**plateau.trackables())
+    if stopper:
+        recipe_state["early_stopping"] = tf.train.Checkpoint(**stopper.trackables())
     checkpointer = checkpoints.Checkpointer(
         outdir / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.every_steps, step,
         restore_dir=workdir / "checkpoints",
         model=model, optimizer=optimizer, random=checkpoints.random_state(model),
-        **train_data.trackables,
+        optional=recipe_state, **train_data.trackables,
     )  # fmt: skip
     restored = checkpointer.restore()
-    if int(step) >= total_steps and (workdir / "metrics.json").exists():
+    stopped = bool(stopper and stopper.stopped)  # an early-stopped run is not trained on
+    if (int(step) >= total_steps or stopped) and (workdir / "metrics.json").exists():
+        if stopped:
+            _say(f"train.early_stopping ended this run after epoch {int(stopper.stopped_epoch.numpy())}; "
+                 "more epochs will not resume it (a new workdir trains afresh)")
         # If model.keras does not load (a subclassed model), `model` holds the restored final weights.
         return custom.finished(workdir, total_steps, lambda: custom.compiled_copy(model, cfg, strategy, features_spec))
     if restored:
@@ -193,7 +227,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         current = int(step)
         history = result_lib.read_history(workdir, current)  # a resumed run keeps its earlier epochs
         values = []
-        while current < total_steps:
+        while current < total_steps and not stopped:
             epoch = current // steps_per_epoch
             epoch_end = (epoch + 1) * steps_per_epoch
             line.start(epoch)
@@ -222,7 +256,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
                     epoch_steps += n
                 now = time.perf_counter()
                 if now - last_draw > 0.2 or current == epoch_end:
-                    values = [("loss", float(results[0])), (train_metrics.name, float(results[1]))]
+                    values = [(key, float(value)) for key, value in zip(train_metrics.keys, results)]
                     line.update(current - epoch * steps_per_epoch, dict(values), profiler.ms_per_step(epoch_steps, now - start))
                     last_draw = now
                     nonfinite.after_loop(checkpointer.latest)  # reports skips; raises under "stop"
@@ -249,7 +283,6 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             with writers["train"].as_default(step=current):
                 for name, value in result.items():
                     tf.summary.scalar(name, value)
-                tf.summary.scalar("learning_rate", float(tf.convert_to_tensor(optimizer.learning_rate)))
                 if epoch_steps:
                     tf.summary.scalar("examples_per_sec", epoch_steps * global_batch / epoch_seconds)
                     if input_timer.enabled:
@@ -262,11 +295,26 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
                         tf.summary.scalar(name, value)
             if skip_seconds >= 0.05:
                 line.note(f"profiler calls {skip_seconds:.1f} s, not counted")
+            if plateau and (note := plateau.update(val, epoch + 1)):
+                line.note(note)
+            if stopper and (note := stopper.update(val, epoch + 1)):
+                line.note(note)
+                stopped = True
+            # The rate the next step uses: the schedule at optimizer.iterations,
+            # after any plateau cut made just above.
+            rate = schedules.current_rate(optimizer)
+            with writers["train"].as_default(step=current):
+                tf.summary.scalar("learning_rate", rate)
             ms = 1000 * epoch_seconds / epoch_steps if epoch_steps else None
             history.append({"epoch": epoch + 1, "step": current, **result, **{f"val_{k}": v for k, v in val.items()},
+                            "learning_rate": rate,
                             "examples_per_sec": epoch_steps * global_batch / epoch_seconds if epoch_steps else None})
-            line.end({k: v for k, v in history[-1].items() if k not in ("epoch", "step", "examples_per_sec")}, ms)
-            if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps:
+            hidden = ("epoch", "step", "examples_per_sec", "learning_rate")
+            shown = {k: v for k, v in history[-1].items() if k not in hidden}
+            if cfg.optimizer.schedule.name != "constant" or cfg.optimizer.schedule.warmup:
+                shown["lr"] = rate
+            line.end(shown, ms)
+            if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or current >= total_steps or stopped:
                 checkpointer.save(current)
                 result_lib.write_history(outdir, history)  # matches the checkpoint a resume starts from
         for writer in writers.values():
@@ -277,6 +325,14 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         raise
 
     # ---------------------------------------------------------------- Evaluate
+    if stopper:
+        restored = stopper.restore_best()  # train.early_stopping.restore_best: the best epoch is evaluated and exported
+        _say(
+            (f"early stopping: stopped after epoch {int(stopper.stopped_epoch.numpy())} of {cfg.train.epochs}"
+             if stopper.stopped else f"early stopping: ran all {cfg.train.epochs} epochs")
+            + f"; best {cfg.train.early_stopping.monitor} {stopper.best:.4f} at epoch {stopper.best_epoch}"
+            + ("; restored its weights for evaluation and export" if restored else "; kept the last weights")
+        )
     split = "test" if "test" in eval_datasets else "validation"
     final = steps.evaluate(eval_datasets[split])
 
@@ -291,8 +347,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
 
     # ---------------------------------------------------------------- Report
     metrics = {
-        eval_metrics.name: final[eval_metrics.name],  # accuracy, or mae for regression
-        "loss": final["loss"],
+        **final,  # loss and train.metrics (accuracy, auc, ...) on the test split
         "eval_split": split,
         "examples_per_sec": timed_steps * global_batch / timed_seconds if timed_seconds else None,
         "input_wait_fraction": timed_wait / timed_seconds if timed_seconds and input_timer.enabled else None,
@@ -302,6 +357,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         # Equal on every worker of a synchronous run: a cheap check they did not diverge.
         "weights_sha256": strategies.weights_digest(model),
     }
+    if stopper:
+        metrics["early_stopping"] = stopper.summary(len(history))
     if cfg.data.ignore_errors:
         metrics["skipped_records"] = data_report.bad_records
         metrics["skipped_examples"] = data_report.names
@@ -314,7 +371,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     strategies.cleanup_output_dir(outdir, workdir)
     eps = f"{metrics['examples_per_sec']:.0f}" if metrics["examples_per_sec"] else "n/a"
     _say(
-        f"done: {split} {eval_metrics.name} {metrics[eval_metrics.name]:.4f} loss {metrics['loss']:.4f}, "
+        f"done: {split} " + " ".join(f"{k} {final[k]:.4f}" for k in eval_metrics.keys[1:] + ["loss"]) + ", "
         f"{eps} examples/sec, {metrics['steps']} steps, weights {metrics['weights_sha256'][:12]} -> "
         + (str(workdir) if outdir == workdir else "(not the chief: outputs discarded)")
     )

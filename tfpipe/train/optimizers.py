@@ -12,8 +12,8 @@ two give the same weights).
 
 `optimizer.fused: true` (the default) builds `FusedAdam` or `FusedAdamW` for
 `adam` and `adamw`. Only `update_step` is replaced. Gradient all-reduce
-under a strategy, loss scaling, weight decay, clipping and learning-rate
-handling all stay Keras's. The slot variables are Keras's own, so
+under a strategy, loss scaling, weight decay and learning-rate handling
+(schedules too) stay Keras's; clipping is tfpipe's (tfpipe/train/steps.py). The slot variables are Keras's own, so
 checkpoints are the same either way. Cases the kernel does not cover use
 Keras's update: amsgrad, and sparse (IndexedSlices) gradients, for which
 TensorFlow has no fused Adam kernel.
@@ -71,17 +71,33 @@ class FusedAdamW(_FusedAdamStep, keras.optimizers.AdamW):
 _FUSED = {"adam": FusedAdam, "adamw": FusedAdamW}
 
 
-def build(optimizer_cfg, learning_rate: float):
+def build(optimizer_cfg, learning_rate):
     """The optimizer `optimizer.name` names, with `learning_rate`; fused where `optimizer.fused` allows.
+
+    Args:
+        optimizer_cfg: a `tfpipe.config.OptimizerConfig`.
+        learning_rate: a float, or a schedule (`tfpipe.train.schedules.Schedule`).
+
+    `optimizer.weight_decay` > 0 is Keras's decoupled decay, which every Keras 3
+    optimizer has (`w -= lr * weight_decay * w` each step, apart from the
+    gradient; `adamw` is Adam with it); 0 leaves the optimizer's own default
+    (0.004 for `adamw`, none for the others). Clipping is not Keras's: under a
+    strategy Keras clips each replica's part of the gradient before summing
+    them (tfpipe/train/steps.py clips the sum).
 
     Raises:
         ConfigError: `optimizer.name` is not an optimizer Keras knows.
     """
     name = optimizer_cfg.name
+    options = {"learning_rate": learning_rate}
+    if optimizer_cfg.weight_decay:
+        options["weight_decay"] = optimizer_cfg.weight_decay
     if optimizer_cfg.fused and name.lower() in _FUSED:
-        return _FUSED[name.lower()](learning_rate=learning_rate)
+        return _FUSED[name.lower()](**options)
     try:
-        return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+        if not isinstance(learning_rate, (int, float)):  # get() would deserialize a schedule object
+            return type(keras.optimizers.get(name))(**options)
+        return keras.optimizers.get({"class_name": name, "config": options})
     except (TypeError, ValueError) as e:
         detail = " ".join(str(e).split())[:300]
         raise config_lib.ConfigError(

@@ -72,7 +72,7 @@ class EpochLine:
         filled = int(_BAR * done / self.steps_per_epoch) if self.steps_per_epoch else _BAR
         parts = [f"[tfpipe] epoch {self._epoch + 1}/{self.epochs}", f"{done}/{self.steps_per_epoch}",
                  "━" * filled + "─" * (_BAR - filled)]
-        parts += [f"{k} {v:.4f}" for k, v in values.items() if v is not None]
+        parts += [f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}" for k, v in values.items() if v is not None]
         text = " ".join(parts)
         if ms_per_step is not None:
             text += f" - {ms_per_step:.2f} ms/step"

@@ -23,43 +23,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-_ACCURACY = {
-    "categorical_crossentropy": keras.metrics.CategoricalAccuracy,
-    "sparse_categorical_crossentropy": keras.metrics.SparseCategoricalAccuracy,
-    "binary_crossentropy": keras.metrics.BinaryAccuracy,
-    # Regression targets have no accuracy: the mean absolute error takes its place.
-    "mse": keras.metrics.MeanAbsoluteError,
-    "mae": keras.metrics.MeanAbsoluteError,
-}
-
-
-def metric_name(loss_name: str) -> str:
-    """The name of the metric reported beside the loss: accuracy, or mae for regression losses."""
-    return "mae" if loss_name in ("mse", "mae") else "accuracy"
-
-
-class Metrics:
-    """Loss mean and accuracy (mae for regression) for one phase (train or eval); build in strategy scope."""
-
-    def __init__(self, loss_name: str, prefix: str):
-        self.loss = keras.metrics.Mean(name=f"{prefix}_loss")
-        self.name = metric_name(loss_name)
-        self.accuracy = _ACCURACY[loss_name](name=f"{prefix}_{self.name}")
-
-    def update(self, per_example_loss, labels, predictions):
-        self.loss.update_state(per_example_loss)
-        self.accuracy.update_state(labels, predictions)
-
-    def reset(self):
-        self.loss.reset_state()
-        self.accuracy.reset_state()
-
-    def results(self):
-        """The metric tensors, unread (no host sync)."""
-        return self.loss.result(), self.accuracy.result()
-
-    def result(self) -> dict:
-        return {"loss": float(self.loss.result()), self.name: float(self.accuracy.result())}
+from tfpipe.train import losses
+from tfpipe.train.metrics import _ACCURACY, Metrics  # noqa: F401  # re-exported: tfpipe.tune and custom use them
 
 
 class Steps:
@@ -78,11 +43,21 @@ class Steps:
             parameter_server, `tfpipe.distribute.strategies.PerWorkerInput`).
         coordinator: the `ClusterCoordinator` under parameter_server, else None.
         jit_compile: XLA-compile each step's forward and backward pass.
+        train_loss_fn: the per-example training loss (label smoothing, class
+            weights: `tfpipe.train.losses.training_loss`); default `loss_fn`,
+            which evaluation always uses.
+        l2: `model.l2`, on the model's kernels.
+        clipnorm, global_clipnorm: `optimizer.clipnorm`, `.global_clipnorm`
+            (0 = off), applied to the gradient summed over all replicas.
     """
 
     def __init__(self, strategy, model, optimizer, loss_fn, train_metrics, eval_metrics, nonfinite, input_timer,
-                 step, train_data, coordinator=None, jit_compile=False):  # fmt: skip
+                 step, train_data, coordinator=None, jit_compile=False, train_loss_fn=None, l2=0.0, clipnorm=0.0,
+                 global_clipnorm=0.0):  # fmt: skip
         self.strategy, self.model, self.optimizer, self.loss_fn = strategy, model, optimizer, loss_fn
+        self.train_loss_fn = train_loss_fn or loss_fn
+        self.l2, self.clipnorm, self.global_clipnorm = l2, clipnorm, global_clipnorm
+        self.kernels = losses.kernels(model) if l2 else []
         self.train_metrics, self.eval_metrics = train_metrics, eval_metrics
         self.nonfinite, self.input_timer, self.step = nonfinite, input_timer, step
         self.train_data, self.coordinator = train_data, coordinator
@@ -112,10 +87,12 @@ class Steps:
             # Under mixed precision the model computes in 16 bits; the loss
             # and the metrics are kept in float32.
             predictions = tf.cast(model(features, training=True), tf.float32)
-            per_example = self.loss_fn(labels, predictions)
+            per_example = self.train_loss_fn(labels, predictions)
             loss = tf.nn.compute_average_loss(per_example)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            if self.kernels:  # model.l2; each replica adds 1/replicas of it
+                loss += tf.nn.scale_regularization_loss(losses.l2_penalty(self.l2, self.kernels))
             # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
             # its apply_gradients unscales the gradients again.
             scaled = optimizer.scale_loss(loss)
@@ -125,7 +102,39 @@ class Steps:
         checked = [loss] if self.loss_scaled else grads
         return grads, (per_example, labels, predictions), loss, self.nonfinite.flags(loss, checked)
 
+    def _clip(self, grads):
+        """`optimizer.clipnorm`/`global_clipnorm` applied to the gradient of the whole global batch.
+
+        Keras's own clipnorm runs before its all-reduce, so under a strategy
+        each replica's part would be clipped alone (verified: with 2 replicas
+        the update's norm was 2x the clip norm). Here the parts are summed
+        first; the optimizer then sums what it is given over the replicas
+        again, so each replica hands it 1/replicas of the clipped sum (one
+        extra all-reduce per step, only with clipping on). With loss scaling
+        the norm is that of the unscaled gradient.
+        """
+        replicas = self.strategy.num_replicas_in_sync if self.coordinator is None else 1
+        if replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        factor = 1.0 / replicas
+        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32) if self.loss_scaled else None
+        dense = [None if g is None else tf.convert_to_tensor(g) for g in grads]
+        if scale is not None:
+            dense = [None if g is None else g / scale for g in dense]
+        if self.global_clipnorm:
+            present = [g for g in dense if g is not None]
+            clipped, _ = tf.clip_by_global_norm(present, self.global_clipnorm)
+            it = iter(clipped)
+            dense = [None if g is None else next(it) for g in dense]
+        else:
+            dense = [None if g is None else tf.clip_by_norm(g, self.clipnorm) for g in dense]
+        if scale is not None:
+            factor = factor * scale
+        return [None if g is None else g * factor for g in dense]
+
     def _apply_step(self, grads, outputs):
+        if self.clipnorm or self.global_clipnorm:
+            grads = self._clip(grads)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         self.train_metrics.update(*outputs)
 
@@ -166,7 +175,7 @@ class Steps:
         return self.train_metrics.results()
 
     def train_call(self, n: int, unrolled: bool = False):
-        """Runs `n` training steps in one compiled call; returns (loss, accuracy) tensors."""
+        """Runs `n` training steps in one compiled call; returns the metric tensors (loss first)."""
         if n == 1:
             return self._train_once(self.train_data.iterator)
         return self._train_loop(self.train_data.iterator, n if unrolled else tf.constant(n, tf.int64))
@@ -206,7 +215,7 @@ class Steps:
                 self.strategy.run(self._eval_step, args=(features, labels))
 
     def evaluate(self, dataset) -> dict:
-        """One pass over `dataset`; returns `{'loss': ..., 'accuracy': ...}`."""
+        """One pass over `dataset`; returns `{'loss': ..., 'accuracy': ..., ...}` (eval_metrics' keys)."""
         self.eval_metrics.reset()
         self._eval_loop(dataset)
         return self.eval_metrics.result()

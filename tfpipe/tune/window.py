@@ -74,7 +74,7 @@ def _trainer(cfg):
     from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
     from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
     from tfpipe.profile import trace  # pylint: disable=import-outside-toplevel
-    from tfpipe.train import custom, faults, inputs, optimizers  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import custom, faults, inputs, losses, recipes, schedules  # pylint: disable=import-outside-toplevel
     from tfpipe.train.steps import Metrics, Steps  # pylint: disable=import-outside-toplevel
 
     strategies.configure_devices(cfg.runtime)
@@ -98,15 +98,23 @@ def _trainer(cfg):
         input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
         with strategies.precision_policy(cfg.runtime):
             model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
-        optimizer = strategies.wrap_optimizer(optimizers.build(cfg.optimizer, lr), cfg.runtime)
+        # The run's schedule, as the loop builds it (a trial's window sees its first steps).
+        total = steps_per_epoch * cfg.train.epochs
+        optimizer, _ = schedules.build_optimizer(cfg, lr, steps_per_epoch, total)
+        optimizer = strategies.wrap_optimizer(optimizer, cfg.runtime)
         optimizer.build(model.trainable_variables)
-        train_metrics, eval_metrics = Metrics(cfg.model.loss, "train"), Metrics(cfg.model.loss, "eval")
+        names = recipes.metric_names(cfg.train, cfg.model.loss)
+        train_metrics = Metrics(cfg.model.loss, "train", names, train_source.num_classes)
+        eval_metrics = Metrics(cfg.model.loss, "eval", names, train_source.num_classes)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     steps = Steps(
         strategy, model, optimizer, keras.losses.get(cfg.model.loss), train_metrics, eval_metrics,
         faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps),
         trace.InputWaitTimer(cfg.profile.measure_input_wait), step, train_data,
-        jit_compile=cfg.runtime.jit_compile,
+        jit_compile=cfg.runtime.jit_compile, l2=cfg.model.l2, clipnorm=cfg.optimizer.clipnorm,
+        global_clipnorm=cfg.optimizer.global_clipnorm,
+        train_loss_fn=losses.from_config(cfg, train_source.num_classes,
+                                         pipeline.build(cfg.data, "train", batch, training=False), log=lambda _: None),
     )  # fmt: skip
     train_data.start(0)
     return steps, steps_per_epoch
