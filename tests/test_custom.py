@@ -72,6 +72,20 @@ def test_dataframe_label_column_from_config():
         memory.convert({"train": df.drop(columns="label")}, cfg)
 
 
+def test_dataframe_trains_a_built_in_model_once_its_columns_are_joined(tmp_path):
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=320), "b": rng.normal(size=320)})
+    df["label"] = (df.a + df.b > 0).astype(int)
+    base = ["train.epochs=3", "profile.enabled=false"]
+    # The columns arrive as a dict; the MLP wants one tensor: the error names the step.
+    with pytest.raises(tfpipe.ConfigError, match=r"model mlp expects one float tensor .* concat_columns"):
+        tfpipe.train(tfpipe.load_config(overrides=[*base, "data.map.steps=[]"]), tmp_path / "a", data=df)
+    cfg = tfpipe.load_config(overrides=[*base, "data.map.steps=[{op: concat_columns, columns: [a, b]}]"])
+    assert tfpipe.train(cfg, tmp_path / "b", data=df)["accuracy"] > 0.8
+
+
 def _screen(text):
     return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
 

@@ -65,7 +65,7 @@ class Report:
     checked_records: int = 0
     # What was looked at, per split, for the start-up line.
     looked_at: list = dataclasses.field(default_factory=list)
-    built_in: bool = False  # an in-memory source: nothing on disk to check
+    built_in: list = dataclasses.field(default_factory=list)  # in-memory splits: nothing on disk to check
     # The first few bad records by name ("file: line N"), for metrics.json.
     names: list = dataclasses.field(default_factory=list)
 
@@ -525,8 +525,8 @@ def check_split(data_cfg, split: str, report: Report, values: bool = True, deadl
     if empty:
         raise DataError(empty)
     if not source.files and data_cfg.source != "npz":
-        report.looked_at.append(f"{split} {source.num_examples}")
-        report.built_in = True
+        if source.num_examples:  # an in-memory source (built in, or the caller's arrays)
+            report.built_in.append(f"{split} {source.num_examples}")
         return
     start = time.monotonic()
     decode_steps = _decode_steps(data_cfg)
@@ -591,11 +591,11 @@ def preflight(data_cfg, splits=sources.SPLITS, log=print) -> Report:
         return report
     for split in splits:
         check_split(data_cfg, split, report)
-    if report.built_in:
-        log(f"data.check: {data_cfg.source} is built in ({', '.join(report.looked_at)} examples), no files to read")
-        return report
-    log(f"data.check: {data_cfg.check}: " + "; ".join(report.looked_at)
-        + ("" if data_cfg.check == "full" else " (data.check: full reads everything)"))
+    if report.looked_at:
+        log(f"data.check: {data_cfg.check}: " + "; ".join(report.looked_at)
+            + ("" if data_cfg.check == "full" else " (data.check: full reads everything)"))
+    elif report.built_in:
+        log(f"data.check: {data_cfg.source} data is in memory ({', '.join(report.built_in)} examples), no files to read")
     if report.problems:
         listing = "\n  ".join(report.problems[: 2 * _SHOW])
         if not data_cfg.ignore_errors:

@@ -9,7 +9,7 @@ files. Per split it accepts:
 - NumPy arrays `(x, y)`, `x` an array or a dict of arrays;
 - a pandas `DataFrame`; the label is the column `data.csv.label_column`
   (default `label`), the features a dict of the other columns, as the CSV
-  source gives them (a `pack` step stacks them).
+  source gives them ({op: concat_columns, columns: [...]} joins them into the one tensor a built-in model takes).
 
 `data` is either a dict `{"train": ..., "validation": ..., "test": ...}`
 (absent splits are absent) or one value, cut into the three splits by
