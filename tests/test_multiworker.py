@@ -69,7 +69,8 @@ def test_two_workers_match_one_worker(tmp_path):
     assert chief_metrics["weights_sha256"].startswith(workers["worker 0"][1])
     assert "(not the chief: outputs discarded)" in multi.stdout
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == [
-        "checkpoints", "config.yaml", "logs", "metrics.json", "model.keras", "report.json", "report.png"]
+        "checkpoints", "config.yaml", "history.json", "logs", "metrics.json", "model.keras", "report.json",
+        "report.png"]
     single_acc = json.loads((tmp_path / "single" / "metrics.json").read_text())["accuracy"]
     assert abs(chief_metrics["accuracy"] - single_acc) <= 0.01, (chief_metrics["accuracy"], single_acc)
 
@@ -78,7 +79,8 @@ def _start_two_workers(tmp_path, workdir, wait_for):
     """Two multi_worker_mirrored processes on localhost, each logging to a file;
     returns once worker 1 has printed `wait_for`."""
     cluster = launch.cluster_spec(2)
-    cmd = [*TRAIN, "--workdir", workdir, "--set", "runtime.strategy=multi_worker_mirrored", "--set", "train.epochs=30"]
+    cmd = [*TRAIN, "--workdir", workdir, "--set", "runtime.strategy=multi_worker_mirrored", "--set", "train.epochs=30",
+           "--set", "profile.enabled=false"]  # the profiled two-worker run is test_two_workers_match_one_worker
     procs, logs = [], []
     for i in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))

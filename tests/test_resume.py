@@ -31,6 +31,10 @@ COMMON = [
     "checkpoint.every_epochs=100",
     "checkpoint.keep=3",
     "data.deterministic=true",
+    # Unprofiled: each run here would trace a window (moved earlier on
+    # runs this short) and convert it, seconds per process. Profiled
+    # training is tests/test_profiling.py's and test_multiworker.py's.
+    "profile.enabled=false",
 ]
 # Two replicas on the two logical CPUs conftest.py sets up.
 MIRRORED = ["runtime.strategy=mirrored", "runtime.logical_cpus=2"]

@@ -97,7 +97,8 @@ def test_every_command_runs_from_python_m_tfpipe_and_lists_its_flags():
     helps = {"train": "--workdir", "export": "--workdir", "serve": "--max_batch_size"}
     for name, flag in helps.items():
         shown = tfpipe(name, "--help")
-        assert shown.returncode == 0 and flag in shown.stdout + shown.stderr, (name, shown.stdout[-2000:])
+        # absl exits 1 after --help (scripts/train.py --help does the same); argparse 0.
+        assert shown.returncode in (0, 1) and flag in shown.stdout + shown.stderr, (name, shown.stdout[-2000:])
     wrong = tfpipe("train", "--config", "no_such_config")
     assert wrong.returncode == 2 and wrong.stderr.strip().count("\n") == 0 and "no_such_config" in wrong.stderr
     unknown = tfpipe("trian")
