@@ -9,7 +9,9 @@ Exit codes: 0 done, 2 no finished run, no such split, files that match nothing.
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
+
+from tfpipe import commands
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A finished run: config.yaml and model.keras.", required=True)
@@ -21,10 +23,7 @@ flags.DEFINE_integer("batch_size", 0, "0 = the run's train.batch_size.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    commands.start(argv)
     from tfpipe.data.check import DataError  # pylint: disable=import-outside-toplevel
     from tfpipe.train import evaluate  # pylint: disable=import-outside-toplevel
 

@@ -15,7 +15,9 @@ import datetime
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
+
+from tfpipe import commands
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML config file, or the name of a shipped config (digits_mlp).", required=True)
@@ -24,12 +26,7 @@ flags.DEFINE_multi_string("set", [], "Override a config key: --set train.epochs=
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # TensorFlow's own INFO lines (one per checkpoint save) drown the progress
-    # output; -v 0 / --verbosity=0 brings them back.
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    commands.start(argv)
     import tfpipe  # pylint: disable=import-outside-toplevel
 
     try:
