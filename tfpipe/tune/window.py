@@ -324,6 +324,11 @@ def _budget(cfg, spec) -> dict:
     (their time is not counted), which gives the curve of accuracy against
     seconds.
     """
+    from tfpipe.data import sources  # pylint: disable=import-outside-toplevel
+
+    if sources.load(cfg.data, "validation").num_examples == 0:
+        raise ValueError("batch_size: the equal-time comparison evaluates on a validation split and this config has "
+                         "none: set data.split.validation (in-memory sources) or data.holdout.validation (files)")
     steps, steps_per_epoch = _trainer(cfg)
     val = _validation(cfg, steps)
     budget = float(spec["budget_seconds"])
