@@ -16,6 +16,10 @@ Example:
 
 ```sh
 python scripts/tune.py pipeline --config configs/images_cnn.yaml --workdir runs/tune-images
+python scripts/tune.py batch_size --config configs/digits_cnn.yaml --workdir runs/tune-batch
+python scripts/tune.py lr --config configs/digits_mlp.yaml --workdir runs/tune-lr
+python scripts/tune.py sweep --config configs/digits_mlp.yaml --workdir runs/sweep \
+    --space benchmarks/tune_configs/digits_space.yaml --trials 12
 ```
 """
 
@@ -72,11 +76,15 @@ flags.DEFINE_integer("max_batch", 4096, "batch_size: largest global batch tried 
 flags.DEFINE_float("memory_limit_mb", 0, "batch_size (any mode's trials): a trial past this resident memory is "
                    "killed and counted out of memory (0 = the machine's limit).")
 flags.DEFINE_float("knee", 0.9, "batch_size: the knee is the smallest batch reaching this share of the best rate.")
-flags.DEFINE_integer("compare", 3, "batch_size: how many of the fastest sizes train at equal time (plus the knee).",
+flags.DEFINE_integer("compare", 3, "batch_size: how many of the fastest sizes train at equal time (plus the knee "
+                     "and the config's own size).",
                      lower_bound=1)
 flags.DEFINE_float("budget_seconds", 10.0, "batch_size: seconds of training each compared size gets.")
-flags.DEFINE_enum("lr_scale", "linear", ["linear", "sqrt", "none"],
-                  "batch_size: learning rate for a batch k times the config's: k times, sqrt(k) times, unchanged.")
+flags.DEFINE_enum("lr_scale", "auto", ["auto", "linear", "sqrt", "none"],
+                  "batch_size: learning rate for a batch k times the config's: k times, sqrt(k) times, unchanged; "
+                  "auto: sqrt for adaptive optimizers (Adam & co.), linear for SGD.")
+flags.DEFINE_enum("eval_split", "validation", ["validation", "test"],
+                  "batch_size: the split the equal-time runs are judged on (test only for configs without validation).")
 flags.DEFINE_float("warmup_epochs", 1.0, "batch_size: linear warm-up of the equal-time runs (0 = none).")
 
 

@@ -304,13 +304,13 @@ def _ceiling(cfg, spec) -> dict:
     }
 
 
-def _validation(cfg, steps):
-    """The validation split, batched and distributed as the loop evaluates it."""
+def _validation(cfg, steps, split="validation"):
+    """The validation split (or `split`), batched and distributed as the loop evaluates it."""
     from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
 
     batch = cfg.train.batch_size
     return steps.strategy.distribute_datasets_from_function(
-        lambda ctx: pipeline.build(cfg.data, "validation", batch, ctx, training=False))
+        lambda ctx: pipeline.build(cfg.data, split, batch, ctx, training=False))
 
 
 def _budget(cfg, spec) -> dict:
@@ -326,11 +326,13 @@ def _budget(cfg, spec) -> dict:
     """
     from tfpipe.data import sources  # pylint: disable=import-outside-toplevel
 
-    if sources.load(cfg.data, "validation").num_examples == 0:
-        raise ValueError("batch_size: the equal-time comparison evaluates on a validation split and this config has "
-                         "none: set data.split.validation (in-memory sources) or data.holdout.validation (files)")
+    split = spec.get("eval_split", "validation")
+    if sources.load(cfg.data, split).num_examples == 0:
+        raise ValueError(f"batch_size: the equal-time comparison evaluates on the {split} split and this config has "
+                         "none: set data.split.validation (in-memory sources) or data.holdout.validation (csv, "
+                         "image folders), or --eval_split test")
     steps, steps_per_epoch = _trainer(cfg)
-    val = _validation(cfg, steps)
+    val = _validation(cfg, steps, split)
     budget = float(spec["budget_seconds"])
     marks = [budget * (i + 1) / spec.get("checkpoints", 4) for i in range(spec.get("checkpoints", 4))]
     clock = _Clock()
