@@ -45,6 +45,7 @@ import json
 import math
 import os
 import signal
+import queue
 import socket
 import subprocess
 import sys
@@ -234,6 +235,13 @@ class Sweep:
                                                # Epochs count from 1: pruning starts after this many.
                                                n_warmup_steps=prune_warmup_epochs + 1))  # fmt: skip
         self.host = socket.gethostname()
+        # One GPU per trial where there are GPUs: a pool of their ids, each
+        # trial's process sees only the one it took.
+        self._gpus = queue.Queue()
+        gpus = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        for g in gpus:
+            self._gpus.put(g)
+        self._has_gpus = bool(gpus)
         self._lock = threading.Lock()
         self.ran = []  # trial numbers this session ran
 
@@ -304,6 +312,17 @@ class Sweep:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        gpu = self._gpus.get() if self._has_gpus else None  # waits for a free one past --parallel GPUs
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+            trial.set_user_attr("gpu", gpu)
+        try:
+            return self._run_trial(trial, cmd, env, tdir)
+        finally:
+            if gpu is not None:
+                self._gpus.put(gpu)
+
+    def _run_trial(self, trial, cmd, env, tdir) -> float:
         start = time.perf_counter()
         history_path = tdir / "run" / "history.json"
         with open(tdir / "stdout.txt", "w", encoding="utf-8") as out, open(tdir / "stderr.txt", "w", encoding="utf-8") as err:
