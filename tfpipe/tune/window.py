@@ -326,12 +326,12 @@ def _budget(cfg, spec) -> dict:
     """
     from tfpipe.data import sources  # pylint: disable=import-outside-toplevel
 
+    steps, steps_per_epoch = _trainer(cfg)  # first: it sets up the devices before anything runs TensorFlow
     split = spec.get("eval_split", "validation")
     if sources.load(cfg.data, split).num_examples == 0:
         raise ValueError(f"batch_size: the equal-time comparison evaluates on the {split} split and this config has "
                          "none: set data.split.validation (in-memory sources) or data.holdout.validation (csv, "
                          "image folders), or --eval_split test")
-    steps, steps_per_epoch = _trainer(cfg)
     val = _validation(cfg, steps, split)
     budget = float(spec["budget_seconds"])
     marks = [budget * (i + 1) / spec.get("checkpoints", 4) for i in range(spec.get("checkpoints", 4))]
