@@ -1,6 +1,7 @@
 """The batch-size, learning-rate and sweep tuners: real trials in child processes, tiny configs."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -64,7 +65,10 @@ def test_batch_size_curve_stops_at_the_memory_limit_and_compares_at_equal_time(t
     # The rate scaled linearly with the batch from the config's 32, and a warm-up.
     e = ran[0]
     assert f"optimizer.learning_rate={0.01 * e['batch_size'] / 32:.6g}" in e["overrides"]
-    assert "optimizer.schedule.warmup=1" in e["overrides"]
+    # Warm-up over 10% of the steps its measured rate makes in the 1 s budget, counted in steps.
+    rate = curve[e["batch_size"]]["examples_per_sec"]
+    assert "optimizer.schedule.unit=steps" in e["overrides"]
+    assert f"optimizer.schedule.warmup={max(1, math.ceil(0.1 * rate / e['batch_size']))}" in e["overrides"]
     assert result["best_at_equal_time"] in [x["batch_size"] for x in ran]
     assert "fastest: batch" in result["recommendation"]
     assert (work / "batch_size.png").read_bytes()[:4] == b"\x89PNG"

@@ -85,7 +85,8 @@ flags.DEFINE_enum("lr_scale", "auto", ["auto", "linear", "sqrt", "none"],
                   "auto: sqrt for adaptive optimizers (Adam & co.), linear for SGD.")
 flags.DEFINE_enum("eval_split", "validation", ["validation", "test"],
                   "batch_size: the split the equal-time runs are judged on (test only for configs without validation).")
-flags.DEFINE_float("warmup_epochs", 1.0, "batch_size: linear warm-up of the equal-time runs (0 = none).")
+flags.DEFINE_float("warmup_fraction", 0.1, "batch_size: linear warm-up of each equal-time run over this share of "
+                   "the steps it is expected to make in --budget_seconds (0 = none).")
 
 
 def _batch_size(fl) -> int:
