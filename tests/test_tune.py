@@ -114,7 +114,7 @@ def test_script_rejects_an_unknown_mode_and_a_bad_override_in_one_line(tmp_path)
     script = str(ROOT / "scripts" / "tune.py")
     mode = subprocess.run([sys.executable, script, "pipelin", "--config", "x", "--workdir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, check=False)
-    assert mode.returncode == 2 and "expected one mode (pipeline" in mode.stderr and "pipelin" in mode.stderr
+    assert mode.returncode == 2 and "expected one mode (batch_size, lr, pipeline, serving, sweep)" in mode.stderr and "pipelin" in mode.stderr
     bad = subprocess.run([sys.executable, script, "pipeline", "--config", str(ROOT / "configs" / "digits_mlp.yaml"),
                           "--workdir", str(tmp_path), "--set", "data.prefetch=-2"],
                          capture_output=True, text=True, timeout=300, check=False)

@@ -16,6 +16,10 @@ Example:
 
 ```sh
 python scripts/tune.py pipeline --config configs/images_cnn.yaml --workdir runs/tune-images
+python scripts/tune.py batch_size --config configs/digits_cnn.yaml --workdir runs/tune-batch
+python scripts/tune.py lr --config configs/digits_mlp.yaml --workdir runs/tune-lr
+python scripts/tune.py sweep --config configs/digits_mlp.yaml --workdir runs/sweep \
+    --space benchmarks/tune_configs/digits_space.yaml --trials 12
 ```
 """
 
@@ -65,10 +69,70 @@ def _serving(fl) -> int:
     return serving.main(fl)
 
 
+# ---- batch_size
+flags.DEFINE_integer("min_batch", 8, "batch_size: smallest global batch tried (a power of two).", lower_bound=1)
+flags.DEFINE_integer("max_batch", 4096, "batch_size: largest global batch tried (the first out of memory stops first).",
+                     lower_bound=1)
+flags.DEFINE_float("memory_limit_mb", 0, "batch_size (any mode's trials): a trial past this resident memory is "
+                   "killed and counted out of memory (0 = the machine's limit).")
+flags.DEFINE_float("knee", 0.9, "batch_size: the knee is the smallest batch reaching this share of the best rate.")
+flags.DEFINE_integer("compare", 3, "batch_size: how many of the fastest sizes train at equal time (plus the knee "
+                     "and the config's own size).",
+                     lower_bound=1)
+flags.DEFINE_float("budget_seconds", 10.0, "batch_size: seconds of training each compared size gets.")
+flags.DEFINE_enum("lr_scale", "auto", ["auto", "linear", "sqrt", "none"],
+                  "batch_size: learning rate for a batch k times the config's: k times, sqrt(k) times, unchanged; "
+                  "auto: sqrt for adaptive optimizers (Adam & co.), linear for SGD.")
+flags.DEFINE_enum("eval_split", "validation", ["validation", "test"],
+                  "batch_size: the split the equal-time runs are judged on (test only for configs without validation).")
+flags.DEFINE_float("warmup_fraction", 0.1, "batch_size: linear warm-up of each equal-time run over this share of "
+                   "the steps it is expected to make in --budget_seconds (0 = none).")
+
+
+def _batch_size(fl) -> int:
+    from tfpipe.tune import batch_size  # pylint: disable=import-outside-toplevel
+
+    return batch_size.main(fl)
+
+
+# ---- lr
+flags.DEFINE_float("lr_min", 1e-6, "lr: first rate of the range test.")
+flags.DEFINE_float("lr_max", 1.0, "lr: last rate of the range test.")
+flags.DEFINE_integer("lr_steps", 300, "lr: steps of the range test (one rate each).", lower_bound=5)
+flags.DEFINE_float("smoothing", 0.95, "lr: moving-average factor of the smoothed loss.")
+flags.DEFINE_float("diverge_factor", 4.0, "lr: stop once the smoothed loss passes this times its best.")
+
+
+def _lr(fl) -> int:
+    from tfpipe.tune import lr  # pylint: disable=import-outside-toplevel
+
+    return lr.main(fl)
+
+
+# ---- sweep
+flags.DEFINE_string("space", None, "sweep: YAML search space {key: {log_uniform|uniform|int: [lo, hi]} | {choice: [...]}}.")
+flags.DEFINE_enum("sampler", "tpe", ["grid", "random", "tpe"], "sweep: Optuna sampler.")
+flags.DEFINE_integer("trials", 12, "sweep: trials the study should have finished (complete or pruned).", lower_bound=1)
+flags.DEFINE_integer("parallel", None, "sweep: trials at once (default cores // 2, at least 1; one per GPU with GPUs).")
+flags.DEFINE_string("storage", None, "sweep: Optuna RDB URL shared by several hosts (default sqlite in --workdir).")
+flags.DEFINE_string("study", None, "sweep: study name (default: the config file's stem).")
+flags.DEFINE_string("objective", "val_accuracy", "sweep: history.json key to optimize (val_loss is minimized).")
+flags.DEFINE_integer("grid_points", 3, "sweep: points per continuous range for the grid sampler.", lower_bound=2)
+flags.DEFINE_integer("prune_warmup_epochs", 2, "sweep: epochs before a trial may be pruned.", lower_bound=0)
+flags.DEFINE_integer("prune_startup_trials", 3, "sweep: trials finished before pruning starts.", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "sweep: sampler seed.")
+
+
+def _sweep(fl) -> int:
+    from tfpipe.tune import sweep  # pylint: disable=import-outside-toplevel
+
+    return sweep.main(fl)
+
+
 # Mode name -> run(flags) -> exit status.
-MODES = {"pipeline": _pipeline, "serving": _serving}
+MODES = {"pipeline": _pipeline, "serving": _serving, "batch_size": _batch_size, "lr": _lr, "sweep": _sweep}
 # Flags a mode cannot run without (default: --config and --workdir).
-REQUIRED = {"serving": ("model_dir", "slo_p99_ms", "workdir")}
+REQUIRED = {"serving": ("model_dir", "slo_p99_ms", "workdir"), "sweep": ("config", "workdir", "space")}
 
 
 def settings(fl):

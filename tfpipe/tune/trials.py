@@ -47,6 +47,46 @@ from typing import Callable, Sequence
 _SIGNALS = {-9: "killed (SIGKILL: out of memory?)", -11: "crashed (SIGSEGV)", -6: "aborted (SIGABRT)"}
 
 
+_OOM_MARKS = ("MemoryError", "ResourceExhaustedError", "std::bad_alloc", "OOM when allocating")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` in MiB (VmRSS; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def _watch(proc: subprocess.Popen, timeout: float, limit_mb: float) -> tuple[float, bool | None]:
+    """Waits for `proc`; kills it past `timeout` or past `limit_mb` of resident memory.
+
+    Returns:
+        `(peak resident MB seen, over)`: over is True when the memory limit
+        killed it, False when it ended by itself, None on a timeout.
+    """
+    deadline = time.perf_counter() + timeout
+    peak = 0.0
+    while proc.poll() is None:
+        if limit_mb:
+            peak = max(peak, rss_mb(proc.pid))
+            if peak > limit_mb:
+                proc.kill()
+                proc.wait()
+                return peak, True
+        if time.perf_counter() > deadline:
+            proc.kill()
+            proc.wait()
+            return peak, None
+        # Polled every 20 ms: memory grows over a step's allocations, not in one jump.
+        time.sleep(0.02)
+    return peak, False
+
+
 @dataclasses.dataclass(frozen=True)
 class WindowSettings:
     """How long one run measures.
@@ -124,8 +164,13 @@ class Runner:
     """
 
     def __init__(self, config, workdir, store: Store, base_overrides: Sequence[str] = (),
-                 settings: WindowSettings | None = None, log: Callable[[str], None] = _say):  # fmt: skip
+                 settings: WindowSettings | None = None, log: Callable[[str], None] = _say,
+                 memory_limit_mb: float = 0):  # fmt: skip
         self.config = os.path.abspath(config)
+        # A child whose resident memory passes this is killed with SIGKILL, as
+        # the kernel's out-of-memory killer (or a cgroup limit) would, and the
+        # run is recorded as "oom" (0: no limit but the machine's).
+        self.memory_limit_mb = memory_limit_mb
         self.workdir = Path(workdir)
         self.store = store
         self.base_overrides = list(base_overrides)
@@ -133,13 +178,17 @@ class Runner:
         self.log = log
         self._config_digest = hashlib.sha256(Path(self.config).read_bytes()).hexdigest()[:16]
 
-    def _key(self, kind: str, overrides: Sequence[str], index: int, profile: bool) -> str:
+    def _key(self, kind: str, overrides: Sequence[str], index: int, profile: bool, extra: dict | None = None) -> str:
         what = {"config": self._config_digest, "overrides": self.base_overrides + list(overrides), "kind": kind,
                 "settings": dataclasses.asdict(self.settings), "run": index, "profile": profile}
+        if extra:
+            what["extra"] = extra
+        if self.memory_limit_mb:
+            what["memory_limit_mb"] = self.memory_limit_mb
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
     def run(self, overrides: Sequence[str] = (), index: int = 0, kind: str = "train", label: str = "",
-            profile: bool = False) -> dict:
+            profile: bool = False, extra: dict | None = None) -> dict:
         """One run in a child process (or its stored record when it ran before).
 
         Args:
@@ -151,15 +200,17 @@ class Runner:
             profile: after the timed windows, trace one window with tfpipe's
                 profiler; the bottleneck report lands in `result["report"]`
                 (its `recommendations` are the diagnosis).
+            extra: more of the child's spec (a kind's own settings, e.g.
+                `budget_seconds`); part of the stored key.
 
         Returns:
-            A record: `status` ("ok", "failed", "timeout"), `returncode`,
+            A record: `status` ("ok", "failed", "oom", "timeout"), `returncode`,
             `error` (one line, "" when ok), `examples_per_sec` (median of the
             windows), `step_ms`, `cpu_sec_per_example`, `peak_rss_mb`,
             `seconds` (the child's whole life), `overrides`, `result` (the
             child's full output), `cached` (True when read from the store).
         """
-        key = self._key(kind, overrides, index, profile)
+        key = self._key(kind, overrides, index, profile, extra)
         known = self.store.get(key)
         label = label or (" ".join(overrides) or "as configured")
         # A run that timed out is tried again on resume (a busy machine may
@@ -167,13 +218,13 @@ class Runner:
         if known is not None and known["status"] != "timeout":
             self.log(f"{label} run {index + 1}: {_describe(known)} (done before, from {self.store.path.name})")
             return {**known, "cached": True}
-        record = self._spawn(kind, overrides, key, profile)
+        record = self._spawn(kind, overrides, key, profile, extra or {})
         record.update(key=key, kind=kind, overrides=list(overrides), index=index, label=label)
         self.store.add(record)
         self.log(f"{label} run {index + 1}: {_describe(record)}")
         return {**record, "cached": False}
 
-    def _spawn(self, kind: str, overrides, key: str, profile: bool) -> dict:
+    def _spawn(self, kind: str, overrides, key: str, profile: bool, extra: dict) -> dict:
         s = self.settings
         child_dir = self.workdir / "trials" / key
         child_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +232,7 @@ class Runner:
         out.unlink(missing_ok=True)
         spec = {"config": self.config, "overrides": self.base_overrides + list(overrides), "kind": kind,
                 "workdir": str(child_dir), "out": str(out), "warmup_seconds": s.warmup_seconds,
-                "window_seconds": s.window_seconds, "windows": s.windows, "profile": profile}
+                "window_seconds": s.window_seconds, "windows": s.windows, "profile": profile, **extra}
         spec_path = child_dir / "spec.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         env = dict(os.environ)
@@ -189,19 +240,25 @@ class Runner:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         start = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "tfpipe.tune.window", str(spec_path)], env=env,
-                                  capture_output=True, text=True, timeout=s.timeout_seconds, check=False)
-        except subprocess.TimeoutExpired as e:
-            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-            (child_dir / "stderr.txt").write_text(err, encoding="utf-8")
+        stderr_path = child_dir / "stderr.txt"
+        with open(stderr_path, "w", encoding="utf-8") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "tfpipe.tune.window", str(spec_path)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+            peak, over = _watch(proc, s.timeout_seconds, self.memory_limit_mb)
+        stderr = stderr_path.read_text(encoding="utf-8", errors="replace")
+        if over is None:
             return {"status": "timeout", "returncode": None, "seconds": round(time.perf_counter() - start, 1),
                     "error": f"no result after {s.timeout_seconds:.0f} s (killed)"}
+        if over:
+            return {"status": "oom", "returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
+                    "peak_rss_mb": peak, "error": f"out of memory: resident memory {peak:,.0f} MB passed the "
+                                                  f"limit of {self.memory_limit_mb:,.0f} MB (killed)"}
         seconds = round(time.perf_counter() - start, 1)
-        (child_dir / "stderr.txt").write_text(proc.stderr, encoding="utf-8")
         if proc.returncode != 0 or not out.exists():
-            error = _SIGNALS.get(proc.returncode) or _error_line(proc.stderr) or f"exit status {proc.returncode}"
-            return {"status": "failed", "returncode": proc.returncode, "seconds": seconds, "error": error}
+            error = _SIGNALS.get(proc.returncode) or _error_line(stderr) or f"exit status {proc.returncode}"
+            # Out of memory inside TensorFlow or Python, or the kernel's killer.
+            oom = proc.returncode == -9 or any(m in stderr for m in _OOM_MARKS)
+            return {"status": "oom" if oom else "failed", "returncode": proc.returncode, "seconds": seconds, "error": error}
         result = json.loads(out.read_text(encoding="utf-8"))
         record = {"status": "ok", "returncode": 0, "seconds": seconds, "error": "", "result": result,
                   "peak_rss_mb": result.get("peak_rss_mb")}
@@ -278,6 +335,8 @@ def _batch_size(config, overrides) -> int:
 def _describe(record: dict) -> str:
     if record["status"] != "ok":
         return f"{record['status']}: {record['error']} ({record['seconds']} s)"
+    if "summary" in record.get("result", {}):  # kinds that say what they found themselves
+        return f"{record['result']['summary']} ({record['seconds']} s)"
     if record.get("kind") == "ceiling" or "examples_per_sec" not in record:
         r = record["result"]
         return (f"input alone {r['input_examples_per_sec']:,.0f} ex/s ({1e6 * r['input_cpu_sec_per_example']:.1f} "

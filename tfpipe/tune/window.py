@@ -18,6 +18,10 @@ Kinds (a plain dict, `KINDS`):
   `windows` windows of at least `window_seconds` each are timed, with one
   host sync per window. No evaluation, checkpoints or profiling: a trial
   measures training throughput only.
+- `budget`: equal wall time: train `budget_seconds`, then the validation
+  metrics (the batch-size tuner's time-to-accuracy comparison).
+- `lr_range`: the learning-rate range test (one step per rate, rates
+  growing exponentially, stop on divergence).
 - `ceiling`: the two halves of the CPU ceiling, the way the tf.data paper
   measures them. The input pipeline alone (batches pulled inside a compiled
   loop, so Python's own per-call cost is not counted), and the same model
@@ -224,6 +228,7 @@ def _train(cfg, spec) -> dict:
     out = _loop_windows(steps, steps_per_epoch, cfg, spec, warmup_steps_at_least=fill, profile_dir=profile_dir)
     if fill:
         out["cache_fill_seconds"] = out["warmup_seconds"]
+    out["replicas"] = steps.strategy.num_replicas_in_sync
     return out
 
 
@@ -299,7 +304,107 @@ def _ceiling(cfg, spec) -> dict:
     }
 
 
-KINDS = {"train": _train, "ceiling": _ceiling}
+def _validation(cfg, steps, split="validation"):
+    """The validation split (or `split`), batched and distributed as the loop evaluates it."""
+    from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
+
+    batch = cfg.train.batch_size
+    return steps.strategy.distribute_datasets_from_function(
+        lambda ctx: pipeline.build(cfg.data, split, batch, ctx, training=False))
+
+
+def _budget(cfg, spec) -> dict:
+    """Trains for `budget_seconds` of wall time, then evaluates on the validation split.
+
+    The time-to-accuracy half of the batch-size tuner: every size gets the
+    same seconds. The clock starts after the first call (tracing and
+    compiling cost about the same at every size and are not training); calls
+    are sized to about 0.2 s so the budget is not overshot by a long call.
+    Validation is also evaluated at `checkpoints` points along the way
+    (their time is not counted), which gives the curve of accuracy against
+    seconds.
+    """
+    from tfpipe.data import sources  # pylint: disable=import-outside-toplevel
+
+    steps, steps_per_epoch = _trainer(cfg)  # first: it sets up the devices before anything runs TensorFlow
+    split = spec.get("eval_split", "validation")
+    if sources.load(cfg.data, split).num_examples == 0:
+        raise ValueError(f"batch_size: the equal-time comparison evaluates on the {split} split and this config has "
+                         "none: set data.split.validation (in-memory sources) or data.holdout.validation (csv, "
+                         "image folders), or --eval_split test")
+    val = _validation(cfg, steps, split)
+    budget = float(spec["budget_seconds"])
+    marks = [budget * (i + 1) / spec.get("checkpoints", 4) for i in range(spec.get("checkpoints", 4))]
+    clock = _Clock()
+    clock.start()
+    float(steps.train_call(1)[0])
+    compile_seconds, _ = clock.stop()
+    trained, done, per_call, curve = 0.0, 1, 1, []
+    while marks:
+        start = time.perf_counter()
+        results = steps.train_call(per_call)
+        float(results[0])
+        took = time.perf_counter() - start
+        trained += took
+        done += per_call
+        per_call = max(1, min(int(per_call * 0.2 / max(took, 1e-4)), 4 * per_call, steps_per_epoch))
+        if trained >= marks[0]:
+            marks.pop(0)
+            curve.append({"seconds": round(trained, 3), "steps": done, **steps.evaluate(val)})
+    last = curve[-1]
+    acc = last.get("accuracy")
+    summary = (f"{done} steps ({done / steps_per_epoch:.1f} epochs) "
+               f"in {trained:.1f} s: validation loss {last['loss']:.4f}"
+               + (f", accuracy {acc:.4f}" if acc is not None else ""))
+    return {"compile_seconds": round(compile_seconds, 3), "seconds": round(trained, 3), "steps": done,
+            "epochs": round(done / steps_per_epoch, 3), "validation": {k: v for k, v in last.items()
+                                                                       if k not in ("seconds", "steps")},
+            "curve": curve, "summary": summary}
+
+
+def _lr_range(cfg, spec) -> dict:
+    """The learning-rate range test: one step at each rate, rates growing exponentially.
+
+    From `lr_min` to `lr_max` over `lr_steps` steps (rate_i = lr_min *
+    (lr_max / lr_min) ** (i / (steps - 1))), the loss of each step's batch
+    (the train metrics are reset before every step, so it is that step's
+    loss, not an epoch's running mean) is recorded with an exponentially
+    smoothed copy. The test stops when the smoothed loss passes
+    `diverge_factor` times its best, or a loss is not finite.
+
+    The config should have a constant schedule (the parent sets it); the
+    rate is written into the optimizer's variable before each step, which
+    the compiled step reads without retracing.
+    """
+    steps, _ = _trainer(cfg)
+    lo, hi, n = float(spec["lr_min"]), float(spec["lr_max"]), int(spec["lr_steps"])
+    beta, factor = float(spec.get("smoothing", 0.95)), float(spec.get("diverge_factor", 4.0))
+    # `runtime.lr_scaling`: the strategy's factor applies to every probed rate as well.
+    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
+
+    scale = strategies.learning_rate(1.0, cfg.runtime, steps.strategy)
+    opt = getattr(steps.optimizer, "inner_optimizer", steps.optimizer)
+    points, avg, best, stop = [], 0.0, math.inf, "reached lr_max"
+    for i in range(n):
+        rate = lo * (hi / lo) ** (i / max(n - 1, 1))
+        opt.learning_rate.assign(rate * scale)
+        steps.train_metrics.reset()
+        loss = float(steps.train_call(1)[0])
+        if not math.isfinite(loss):
+            stop = f"loss not finite at rate {rate:.3g}"
+            break
+        avg = beta * avg + (1 - beta) * loss
+        smooth = avg / (1 - beta ** (i + 1))  # bias-corrected, as Adam's moments
+        points.append({"step": i, "lr": rate, "loss": loss, "smoothed": smooth})
+        best = min(best, smooth)
+        if i > 10 and smooth > factor * best:
+            stop = f"diverged at rate {rate:.3g} (smoothed loss {smooth:.3g} > {factor:g} x best {best:.3g})"
+            break
+    return {"points": points, "stopped": stop, "lr_scaling_factor": scale,
+            "summary": f"{len(points)} steps, rates {lo:.2g}..{points[-1]['lr'] if points else lo:.2g}; {stop}"}
+
+
+KINDS = {"train": _train, "ceiling": _ceiling, "budget": _budget, "lr_range": _lr_range}
 
 
 def peak_rss_mb() -> float:
