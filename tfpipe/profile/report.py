@@ -358,11 +358,10 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
     # train.steps_per_loop; a plain program's calls are its markers.
     call_steps = ((cfg or {}).get("train", {}) or {}).get("steps_per_loop") or report["steps_per_marker"]
     call_ms = report["step_time_ms"]["mean"] * call_steps
-    # Calls of one or two steps count up to twice as long: on a loaded host a
-    # tiny step can take milliseconds, the per-call cost with it. (Not up to
-    # SHORT_CALL_MS: two 8 ms steps of plain compute per call then read as
-    # dispatch.)
-    short = call_ms < DISPATCH_CALL_MS * (2 if call_steps <= 2 else 1)
+    # Only calls under DISPATCH_CALL_MS: two 4.6 ms steps of plain compute
+    # per call (9 ms, measured on a quiet host) are compute, not dispatch; a
+    # one-step call of a tiny model measured 0.6-0.9 ms.
+    short = call_ms < DISPATCH_CALL_MS
     if share < HIGHLY_AT and short:
         # Calls this short: even a moderate input share is mostly the
         # iterator's per-call hand-over, which more steps per call also amortize.
