@@ -50,8 +50,9 @@ def test_batch_size_curve_stops_at_the_memory_limit_and_compares_at_equal_time(t
     # at 2048, 1,350 at 4096, and each doubling past that adds ~0.5-1 GB of
     # held batches: a limit of 1,600 MB stops the curve at 4096 or 8192, with
     # room for another machine's larger TensorFlow start-up at 1024.
-    proc = tune("batch_size", "--config", config, "--workdir", work, "--min_batch", 1024, "--max_batch", 16384,
-                "--memory_limit_mb", 1600, "--compare", 1, "--budget_seconds", 1, *FAST)
+    args = ["batch_size", "--config", config, "--workdir", work, "--min_batch", 1024, "--max_batch", 16384,
+            "--memory_limit_mb", 1600, "--compare", 1, "--budget_seconds", 1, *FAST]
+    proc = tune(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((work / "batch_size.json").read_text())
     curve = {c["batch_size"]: c for c in result["curve"]}
@@ -77,8 +78,7 @@ def test_batch_size_curve_stops_at_the_memory_limit_and_compares_at_equal_time(t
     assert config_lib.load(work / "tuned.yaml").train.batch_size == result["best_at_equal_time"]
     assert "per replica x 2 replicas" in proc.stdout and "is the limit" in proc.stdout
     # Resumed: every trial read back from the store.
-    again = tune("batch_size", "--config", config, "--workdir", work, "--min_batch", 1024, "--max_batch", 16384,
-                 "--memory_limit_mb", 1250, "--compare", 1, "--budget_seconds", 1, *FAST)
+    again = tune(*args)  # the same settings: the same trials
     assert again.returncode == 0
     runs = [line for line in again.stdout.splitlines() if " run 1: " in line]
     assert runs and all("done before" in line for line in runs), again.stdout
