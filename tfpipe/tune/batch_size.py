@@ -32,7 +32,6 @@ best-at-equal-time size with its scaled rate and warm-up).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -279,12 +278,7 @@ def chart(result: dict, path) -> None:
 
 
 def _write(result: dict, workdir: Path, cfg, best: dict | None, log) -> None:
-    with open(workdir / "batch_size.json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=str)
-    try:
-        chart(result, workdir / "batch_size.png")
-    except Exception as e:  # pylint: disable=broad-except
-        log(f"[tune] warning: no chart ({type(e).__name__}: {e})")
+    trials_lib.write_report(workdir, "batch_size", result, chart, log)
     r = result["replicas"]
     log("[tune] batch  examples/sec  step ms  peak RSS MB  status")
     for c in result["curve"]:

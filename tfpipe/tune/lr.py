@@ -144,12 +144,7 @@ def chart(result: dict, path) -> None:
 
 
 def _write(result: dict, workdir: Path, log) -> None:
-    with open(workdir / "lr.json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    try:
-        chart(result, workdir / "lr.png")
-    except Exception as e:  # pylint: disable=broad-except
-        log(f"[tune] warning: no chart ({type(e).__name__}: {e})")
+    trials_lib.write_report(workdir, "lr", result, chart, log)
     tuned = config_lib.load(result["config"], result["overrides"] + [
         f"{k}={json.dumps(v)}" for k, v in result["schedule"].items()])
     config_lib.dump(tuned, workdir / "tuned.yaml")

@@ -516,12 +516,7 @@ def chart(result: dict, path) -> None:
 def write_outputs(result: dict, workdir, start_cfg, tuned_cfg, log=_print) -> None:
     workdir = Path(workdir)
     config_lib.dump(tuned_cfg, workdir / "tuned.yaml")
-    with open(workdir / "pipeline.json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=str)
-    try:
-        chart(result, workdir / "pipeline.png")
-    except Exception as e:  # pylint: disable=broad-except
-        log(f"[tune] warning: no chart ({type(e).__name__}: {e})")
+    trials_lib.write_report(workdir, "pipeline", result, chart, log)
     start, tuned = result["start"]["examples_per_sec"], result["tuned"]["examples_per_sec"]
     ceiling = result["ceiling_tuned"].get("cpu_ceiling_examples_per_sec")
     log(f"[tune] {start:,.0f} -> {tuned:,.0f} examples/sec (x{result['speedup']:.2f})"

@@ -56,6 +56,7 @@ from pathlib import Path
 import yaml
 
 from tfpipe import config as config_lib
+from tfpipe.tune import trials as trials_lib
 from tfpipe.tune import window
 
 KINDS = ("log_uniform", "uniform", "int", "choice")
@@ -513,12 +514,7 @@ def chart(result: dict, path) -> None:
 
 
 def write_outputs(result: dict, workdir: Path, log=_print) -> None:
-    with open(workdir / "sweep.json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=str)
-    try:
-        chart(result, workdir / "sweep.png")
-    except Exception as e:  # pylint: disable=broad-except
-        log(f"[sweep] warning: no chart ({type(e).__name__}: {e})")
+    trials_lib.write_report(workdir, "sweep", result, chart, log, tag="[sweep]")
     keys = sorted({k for r in result["trials"] for k in r["params"]})
     log("[sweep] trial  state     " + f"{result['objective']:>12}  epochs  " + "  ".join(keys))
     order = sorted(result["trials"], key=lambda r: (r["value"] is None,

@@ -138,6 +138,21 @@ class Store:
         return len(self._records)
 
 
+def write_report(workdir, mode: str, result: dict, chart, log, tag: str = "[tune]") -> None:
+    """Writes `workdir/MODE.json` and, with `chart(result, path)`, `workdir/MODE.png`.
+
+    Every tuner mode ends with these two files; a chart that fails to draw
+    is a warning, never a lost result.
+    """
+    workdir = Path(workdir)
+    with open(workdir / f"{mode}.json", "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, default=str)
+    try:
+        chart(result, workdir / f"{mode}.png")
+    except Exception as e:  # pylint: disable=broad-except
+        log(f"{tag} warning: no chart ({type(e).__name__}: {e})")
+
+
 def _error_line(stderr: str) -> str:
     """The last line of a child's stderr that says what went wrong (TensorFlow logs a lot besides)."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
