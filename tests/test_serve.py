@@ -202,3 +202,33 @@ def test_tune_serving_needs_model_dir_and_slo(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "tune.py"), "serving", "--workdir", str(tmp_path),
                           "--slo_p99_ms", "20"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--model_dir is required" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_capture_profile_against_a_server_says_where_requests_spend_time(mlp, runner, tmp_path):
+    sv, x, expected = mlp
+    with socket.socket() as s:  # a free port for the capture endpoint
+        s.bind(("127.0.0.1", 0))
+        profile_port = s.getsockname()[1]
+    with server.in_thread(sv, batching.BatchingOptions(), profile_port=profile_port) as (url, srv):
+        load = {}
+        clients = threading.Thread(target=lambda: load.update(runner.closed(
+            url, loadgen.request_bodies({"inputs": x}), expected, concurrency=16, requests=6000, max_seconds=60)))
+        clients.start()
+        while srv.metrics.timed == 0 and clients.is_alive():
+            time.sleep(0.05)
+        out = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "scripts", "capture_profile.py"), "--address",
+             f"127.0.0.1:{profile_port}", "--protocol", "tfpipe", "--duration_ms", "1000", "--logdir", str(tmp_path),
+             "--analyze"], capture_output=True, text=True, timeout=300)
+        clients.join(120)
+    assert out.returncode == 0, out.stderr
+    assert load["wrong"] == load["failed"] == 0, load
+    assert "requests during the capture:" in out.stdout and "[tfpipe] try:" in out.stdout, out.stdout
+    path = re.search(r"serving report -> (\S+)", out.stdout).group(1)
+    with open(path, encoding="utf-8") as f:
+        account = json.load(f)
+    assert 0 < account["requests"] <= load["ok"]
+    assert set(account["phases"]) == {"parse", "queue", "batch_wait", "model", "handoff", "serialize"}
+    assert abs(sum(p["share"] for p in account["phases"].values()) - 1) < 1e-6
+    # The trace holds the batches' model calls as step markers.
+    assert account["trace"]["batches"] > 0 and account["trace"]["model_call_ms"]["mean"] > 0

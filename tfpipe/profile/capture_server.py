@@ -6,7 +6,7 @@ listens on `[::]:port`, every interface, and takes no host argument. So for
 HTTP server, bound to that host (127.0.0.1 by default), runs in a daemon
 thread of the training process. `scripts/capture_profile.py` asks it:
 
-    POST /capture?duration_ms=2000&logdir=/abs/path   -> {"run_dir": "..."}
+    POST /capture?duration_ms=2000&logdir=/abs/path   -> {"run_dir": "...", ...accounts}
     GET  /                                             -> {"tfpipe": "capture"}
 
 and the server traces this process with `tf.profiler.experimental.start/stop`
@@ -14,6 +14,10 @@ for that long, writing under `logdir/plugins/profile/<run>/` like TensorFlow's
 own server would. The logdir is a path on the training host: this is for a
 person on that host, or on the other end of an SSH tunnel, not for a remote
 TensorBoard's "Capture profile" button (that needs `server_host: all`).
+
+A process may add its own account of the capture window
+(`add_window`): the model server adds where its requests' time went, and
+the reply carries it beside the run directory.
 
 Only one trace can run in a process at a time; `lock` is shared with the
 scheduled trace window (`tfpipe.profile.trace.Profiler`), and a capture asked for
@@ -37,6 +41,14 @@ lock = threading.Lock()
 
 MAX_DURATION_MS = 600_000
 
+# name -> begin(): called as a capture starts; returns finish() -> a JSON-able dict for the reply.
+_windows = {}
+
+
+def add_window(name: str, begin) -> None:
+    """Adds `begin()`'s account of every capture window to the capture's reply, under `name`."""
+    _windows[name] = begin
+
 
 class Busy(RuntimeError):
     """Another trace (the scheduled window or a capture) holds the profiler."""
@@ -48,8 +60,8 @@ def run_dirs(logdir) -> set[str]:
     return {os.path.join(root, d) for d in os.listdir(root)} if os.path.isdir(root) else set()
 
 
-def capture(logdir: str, duration_ms: int) -> str:
-    """Traces this process for `duration_ms` into `logdir`; returns the new run directory.
+def capture(logdir: str, duration_ms: int) -> tuple[str, dict]:
+    """Traces this process for `duration_ms` into `logdir`; returns the new run directory and the windows' accounts.
 
     Raises:
         Busy: another trace is running in this process.
@@ -62,7 +74,9 @@ def capture(logdir: str, duration_ms: int) -> str:
         before = run_dirs(logdir)
         tf.profiler.experimental.start(logdir)
         try:
+            finish = {name: begin() for name, begin in _windows.items()}
             time.sleep(duration_ms / 1000)
+            accounts = {name: f() for name, f in finish.items()}
         finally:
             tf.profiler.experimental.stop()
     finally:
@@ -70,7 +84,7 @@ def capture(logdir: str, duration_ms: int) -> str:
     new = run_dirs(logdir) - before
     if not new:
         raise RuntimeError(f"the profiler wrote no run under {logdir}/plugins/profile")
-    return max(new, key=os.path.getmtime)
+    return max(new, key=os.path.getmtime), accounts
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -102,14 +116,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                        f"got logdir={logdir!r} duration_ms={duration_ms}"})
             return
         try:
-            run_dir = capture(logdir, duration_ms)
+            run_dir, accounts = capture(logdir, duration_ms)
         except Busy as e:
             self._reply(409, {"error": str(e)})
             return
         except Exception as e:  # pylint: disable=broad-except
             self._reply(500, {"error": f"{type(e).__name__}: {e}"})
             return
-        self._reply(200, {"run_dir": run_dir})
+        self._reply(200, {"run_dir": run_dir, **accounts})
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         pass  # requests are not training output

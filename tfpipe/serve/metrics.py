@@ -64,6 +64,7 @@ class ServerMetrics:
         self.recent = collections.deque(maxlen=keep_last)  # per-request phase seconds
         self.queue_rows = lambda: 0
         self.in_flight = 0
+        self.timed = 0  # requests with phase timings so far (the window's marks for `report(since=...)`)
 
     def request(self, code: int, seconds: float | None = None, phases: tuple | None = None) -> None:
         self.requests[code] += 1
@@ -73,6 +74,11 @@ class ServerMetrics:
             for p, v in zip(PHASES, phases):
                 self.phases[p].observe(v)
             self.recent.append(phases)
+            self.timed += 1
+
+    def mark(self) -> tuple:
+        """Where a window starts: pass it to `report(since=...)` at its end."""
+        return self.timed, self.batch_size.count, self.batch_size.sum
 
     def text(self) -> str:
         lines = ["# HELP tfpipe_serve_requests_total Predict requests answered, by HTTP status.",
@@ -94,18 +100,28 @@ class ServerMetrics:
                   f"tfpipe_serve_in_flight {self.in_flight}"]
         return "\n".join(lines) + "\n"
 
-    def report(self) -> dict:
-        """Mean, p50 and p99 per phase (ms) over the last requests, and each phase's share of the total."""
-        if not self.recent:
+    def report(self, since: tuple | None = None) -> dict:
+        """Mean, p50 and p99 per phase (ms) over the last requests, and each phase's share of the total.
+
+        With `since` (a `mark()`), only the requests answered after it (at
+        most the last `keep_last`), e.g. those of a profile capture.
+        """
+        recent = list(self.recent)
+        batches, rows = self.batch_size.count, self.batch_size.sum
+        if since is not None:
+            recent = recent[len(recent) - min(self.timed - since[0], len(recent)):]
+            batches, rows = batches - since[1], rows - since[2]
+        if not recent:
             return {"requests": 0, "phases": {}}
-        a = np.asarray(self.recent) * 1000.0
+        a = np.asarray(recent) * 1000.0
         total = a.sum(axis=1)
         out = {"requests": len(a), "total_ms": _stats(total), "phases": {}}
         for i, p in enumerate(PHASES):
             out["phases"][p] = {**_stats(a[:, i]), "share": float(a[:, i].sum() / max(total.sum(), 1e-12)),
                                 "what": PHASE_HELP[p]}
-        if self.batch_size.count:
-            out["mean_batch_size"] = self.batch_size.sum / self.batch_size.count
+        if batches:
+            out["mean_batch_size"] = rows / batches
+            out["batches"] = batches
         return out
 
 
@@ -122,3 +138,42 @@ def summary(report: dict) -> str:
     for p, s in sorted(report["phases"].items(), key=lambda kv: -kv[1]["share"]):
         lines.append(f"  {p:<10} {100 * s['share']:5.1f}%  mean {s['mean']:.3f} ms  p99 {s['p99']:.3f} ms  ({s['what']})")
     return "\n".join(lines)
+
+
+def advice(report: dict, options) -> list[str]:
+    """What to change, from where the requests' time went (`report`) under `options` (BatchingOptions).
+
+    The largest phase names the limit: waiting for a batch thread (the model
+    calls cannot keep up), waiting for a batch to fill, the model call itself,
+    the event loop resuming handlers (the HTTP layer is CPU-bound), or the
+    JSON work. Each line names the flag to try.
+    """
+    if not report.get("requests"):
+        return []
+    shares = {p: s["share"] for p, s in report["phases"].items()}
+    top = max(shares, key=shares.get)
+    mean_batch = report.get("mean_batch_size", 0.0)
+    full = mean_batch >= 0.8 * options.max_batch_size
+    if top == "queue":
+        if options.max_batch_size == 1:
+            return [f"--max_batch_size 64: requests wait {100 * shares[top]:.0f}% of their time for a model call "
+                    "and every call serves one row; batching serves many rows per call"]
+        if full:
+            return [f"--max_batch_size {2 * options.max_batch_size}: batches are full (mean {mean_batch:.1f} of "
+                    f"{options.max_batch_size} rows) and requests wait {100 * shares[top]:.0f}% of their time for a "
+                    "batch thread; larger calls cost little more than small ones"]
+        return [f"--num_batch_threads {options.num_batch_threads + 1}: requests wait {100 * shares[top]:.0f}% of "
+                f"their time for a batch thread while batches are not full (mean {mean_batch:.1f} rows); another "
+                "thread overlaps one call's Python with the next"]
+    if top == "batch_wait":
+        return [f"--batch_timeout_micros {options.batch_timeout_micros // 4}: requests spend "
+                f"{100 * shares[top]:.0f}% of their time waiting for their batch to fill (mean {mean_batch:.1f} rows)"]
+    if top == "model":
+        return [f"the model call is {100 * shares[top]:.0f}% of a request's time: a smaller or quantized model, "
+                "or more cores/accelerators (more server replicas behind a load balancer), are what helps"]
+    if top == "handoff":
+        return [f"resuming handlers after their batch is {100 * shares[top]:.0f}% of a request's time: the event "
+                "loop is CPU-bound (HTTP and JSON for every request); run more server processes, or send several "
+                "rows per request"]
+    return [f"{top} is {100 * shares[top]:.0f}% of a request's time: send fewer, larger requests "
+            "(several rows each, or the columnar \"inputs\" form)"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -200,6 +201,7 @@ async def run(server: ModelServer, host: str, port: int, drain_seconds: float = 
         from tfpipe.profile import capture_server  # pylint: disable=import-outside-toplevel
 
         capture_server.start(host, profile_port)
+        capture_server.add_window("serving", _capture_window(server, asyncio.get_running_loop()))
     on_listen(f"[tfpipe] serving {server.servable.name} version {server.servable.version} on "
               f"http://{host}:{port} (max_batch_size {server.options.max_batch_size}, batch_timeout_micros "
               f"{server.options.batch_timeout_micros}, max_enqueued_batches {server.options.max_enqueued_batches}, "
@@ -224,8 +226,31 @@ async def run(server: ModelServer, host: str, port: int, drain_seconds: float = 
     return report
 
 
+def _capture_window(server: ModelServer, loop):
+    """A profile capture's account of the server: where the requests answered during it spent their time."""
+
+    def on_loop(fn):  # the metrics belong to the event loop's thread
+        async def call():
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(30)
+
+    def begin():
+        mark = on_loop(server.metrics.mark)
+
+        def finish():
+            report = on_loop(lambda: server.metrics.report(since=mark))
+            report["advice"] = metrics_lib.advice(report, server.options)
+            report["options"] = dataclasses.asdict(server.options)
+            return report
+
+        return finish
+
+    return begin
+
+
 @contextlib.contextmanager
-def in_thread(servable, options: batching.BatchingOptions, host: str = "127.0.0.1", **limits):
+def in_thread(servable, options: batching.BatchingOptions, host: str = "127.0.0.1", profile_port: int = 0, **limits):
     """Runs a server in a thread of this process (tests, the tuner); yields its predict URL.
 
     Saves reloading TensorFlow and the model for every batching setting; the
@@ -238,8 +263,8 @@ def in_thread(servable, options: batching.BatchingOptions, host: str = "127.0.0.
         loop = new_event_loop()
         box["loop"], box["stop"] = loop, asyncio.Event()
         try:
-            loop.run_until_complete(run(server, host, 0, on_listen=lambda line: ready.set(), stop=box["stop"],
-                                        bound=bound))
+            loop.run_until_complete(run(server, host, 0, profile_port=profile_port, on_listen=lambda line: ready.set(),
+                                        stop=box["stop"], bound=bound))
         finally:
             ready.set()
             loop.close()
