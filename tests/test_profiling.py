@@ -470,3 +470,23 @@ def test_short_run_window_moves_earlier_and_spans_epochs(tmp_path):
     assert result["markers"] >= 20, result["markers"]
     assert result["cause"] in report.CAUSES and result["recommendations"], result
     assert result["input_wait_fraction_always_on"] is not None
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_perfect_input_probe_is_measured_and_leaves_the_run_as_it_was(tmp_path, strategy):
+    # The probe trains on one cached batch after the last checkpoint, then
+    # puts every variable back: the weights must be those of a run without it.
+    common = [*QUICK, "train.epochs=2", f"runtime.strategy={strategy}"]
+    probed = tfpipe.train(tfpipe.load_config(str(ROOT / "configs/digits_mlp.yaml"), overrides=common), tmp_path / "a")
+    plain = tfpipe.train(tfpipe.load_config(str(ROOT / "configs/digits_mlp.yaml"),
+                                            overrides=[*common, "profile.perfect_input_probe=false"]), tmp_path / "b")
+    assert probed["weights_sha256"] == plain["weights_sha256"]
+    assert probed["accuracy"] == plain["accuracy"]
+    measured = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert measured["perfect_input_source"] == "measured", measured.get("perfect_input_source")
+    probe = measured["perfect_input"]
+    assert probe["steps"] >= 2 * 10 and probe["ms_per_step"] > 0 and probe["run_ms_per_step"] > 0, probe
+    assert measured["perfect_input_speedup"] == pytest.approx(probe["run_ms_per_step"] / probe["ms_per_step"])
+    estimated = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert estimated["perfect_input_source"] == "estimate"
+    assert estimated["perfect_input_speedup"] == estimated["perfect_input_estimate"]

@@ -255,6 +255,12 @@ class DataConfig:
     # Measuring only: train on the first batch, cached and repeated (the
     # tf.data paper's "perfect input" bound; benchmarks/diagnosis.py).
     repeat_one_batch: bool = False
+    # Hold the preprocessed training split in memory as tensors and gather
+    # each batch inside the compiled step (a seeded permutation per epoch):
+    # no tf.data iterator per step. For data that fits in memory with
+    # deterministic steps, on sub-millisecond steps where handing each batch
+    # over from tf.data's threads is a large share (tfpipe/train/inputs.py).
+    in_graph: bool = False
     deterministic: bool = True
     options: OptionsConfig = _section(OptionsConfig)
     # Preflight before training: "full" reads every record (and decodes every
@@ -471,6 +477,11 @@ class ProfileConfig:
     # Time each step's wait for its batch (input_wait_fraction); off only to
     # measure what the timing costs.
     measure_input_wait: bool = True
+    # After a profiled run, measure the same step fed one cached batch (the
+    # tf.data paper's perfect input) for the report's speed-up: about a
+    # second; every variable is put back (tfpipe/train/probe.py). Single-host
+    # strategies only.
+    perfect_input_probe: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -780,6 +791,8 @@ def _check_cross_field(cfg: Config, where: str):
             f"{where}: data.ignore_errors: true needs data.check: full (it counts what is skipped), "
             f"got data.check: {cfg.data.check!r}"
         )
+    if cfg.data.in_graph:
+        _check_in_graph(cfg, where)
     _check_recipes(cfg, where)
     # Checked here rather than at build time so a typo fails before training starts.
     from tfpipe.data import preprocess, sources  # pylint: disable=import-outside-toplevel
@@ -794,6 +807,22 @@ def _check_cross_field(cfg: Config, where: str):
         models.check(cfg.model.name, cfg.model.params, where=where)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_in_graph(cfg: Config, where: str):
+    """data.in_graph: the steps run once, so none may be random; a service or a padded batch cannot be held."""
+    from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
+
+    _, random_steps = preprocess.split_at_first_random(cfg.data.map.steps)
+    if random_steps:
+        raise ConfigError(
+            f"{where}: data.in_graph: the steps run once, when the split is loaded, so they must be deterministic; "
+            f"data.map.steps has {random_steps[0]['op']!r} (random, or an imported function tfpipe cannot check)"
+        )
+    for key, on in (("data.service.address", cfg.data.service.address), ("data.padded_batch", cfg.data.padded_batch),
+                    ("data.repeat_one_batch", cfg.data.repeat_one_batch)):  # fmt: skip
+        if on:
+            raise ConfigError(f"{where}: data.in_graph: cannot be combined with {key}: {on!r}")
 
 
 def _check_recipes(cfg: Config, where: str):

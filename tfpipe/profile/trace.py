@@ -516,12 +516,19 @@ class Profiler:
                 f"{traced['first_step']}, {len(self._run_dirs)} trace session(s)) -> {self._logdir / 'plugins' / 'profile'}"
             )
 
-    def finish(self, config=None) -> dict | None:
+    @property
+    def has_window(self) -> bool:
+        """Whether a window was traced (or is open), so that `finish` will write a report."""
+        return self._state in ("tracing", "paused") or (self._state == "captured" and bool(self._run_dirs))
+
+    def finish(self, config=None, perfect_input: dict | None = None) -> dict | None:
         """Ends an open window and writes `report.json`, `report.png` and a summary.
 
         Args:
             config: the run's `tfpipe.config.Config`, so that recommendations
                 start from the values the run used.
+            perfect_input: the perfect-input probe's measurement
+                (tfpipe/train/probe.py), `{"ms_per_step", "run_ms_per_step", ...}`.
 
         Returns:
             The report dict, or None when no window was captured.
@@ -562,6 +569,7 @@ class Profiler:
                     always_on_input_wait_fraction=always_on,
                     run_dirs=self._run_dirs,
                     window_note=note,
+                    perfect_input=perfect_input,
                 )
             self._log(report_lib.summary(self.report))
         except Exception as e:  # pylint: disable=broad-except

@@ -13,6 +13,7 @@ call rather than once per step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from tfpipe.train import faults
 from tfpipe.profile import trace
 from tfpipe.train import inputs
 from tfpipe.data import check, labels, pipeline, sources
-from tfpipe.train import custom, progress
+from tfpipe.train import custom, probe, progress
 from tfpipe.train import result as result_lib
 from tfpipe.train import losses, recipes, schedules, stopping
 from tfpipe.train.steps import Metrics, Steps
@@ -122,9 +123,20 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     else:
         # Stamped: each batch carries when it was ready, for the input-wait timer.
         stamp = cfg.profile.measure_input_wait
-        train_data = inputs.TrainInput(
-            strategy, _input_mode(cfg), input_fn("train", True, stamp), cfg.data, stamped=stamp
-        )
+        if cfg.data.in_graph:  # the split held as tensors, batches gathered in the step
+            try:
+                train_data = inputs.InGraphInput(
+                    strategy, lambda: pipeline.build(cfg.data, "train", global_batch, training=False), cfg.data,
+                    steps_per_epoch, global_batch, seed=cfg.runtime.seed, stamped=stamp,
+                )  # fmt: skip
+            except ValueError as e:
+                raise config_lib.ConfigError(str(e)) from None
+            _say(f"data.in_graph: {train_data.num_examples} training examples held in memory "
+                 f"({train_data.nbytes / 2**20:,.1f} MiB), batches gathered inside the step")
+        else:
+            train_data = inputs.TrainInput(
+                strategy, _input_mode(cfg), input_fn("train", True, stamp), cfg.data, stamped=stamp
+            )
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     train_pass = pipeline.build(cfg.data, "train", global_batch, training=False)
     features_spec, labels_spec = train_pass.element_spec
@@ -319,7 +331,18 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
                 result_lib.write_history(outdir, history)  # matches the checkpoint a resume starts from
         for writer in writers.values():
             writer.flush()
-        profiler.finish(cfg)
+        perfect = None
+        if profiler.has_window and cfg.profile.perfect_input_probe and coordinator is None and timed_steps \
+                and inputs.single_worker(strategy) and not cfg.data.in_graph:
+            # The report's perfect-input speed-up, measured (tfpipe/train/probe.py);
+            # not for data.in_graph, whose gather beats one cached batch through tf.data.
+            one_batch = dataclasses.replace(cfg.data, repeat_one_batch=True)
+            perfect = probe.perfect_input(
+                steps, train_data,
+                lambda ctx: pipeline.build(one_batch, "train", global_batch, ctx, training=True, stamp=stamp),
+                min(cfg.train.steps_per_loop, steps_per_epoch),
+            )  # fmt: skip
+        profiler.finish(cfg, perfect_input=perfect)
     except BaseException:
         profiler.abort()  # a failed run leaves no trace session open in the process
         raise

@@ -174,11 +174,16 @@ class Steps:
         self.step.assign_add(1)
         return self.train_metrics.results()
 
-    def train_call(self, n: int, unrolled: bool = False):
-        """Runs `n` training steps in one compiled call; returns the metric tensors (loss first)."""
+    def train_call(self, n: int, unrolled: bool = False, iterator=None):
+        """Runs `n` training steps in one compiled call; returns the metric tensors (loss first).
+
+        `iterator` replaces the run's own for this call (the perfect-input
+        probe, tfpipe/train/probe.py); it must yield what the run's does.
+        """
+        iterator = self.train_data.iterator if iterator is None else iterator
         if n == 1:
-            return self._train_once(self.train_data.iterator)
-        return self._train_loop(self.train_data.iterator, n if unrolled else tf.constant(n, tf.int64))
+            return self._train_once(iterator)
+        return self._train_loop(iterator, n if unrolled else tf.constant(n, tf.int64))
 
     def _worker_loop_fn(self, iterator, num_steps):
         # parameter_server: runs on whichever worker the coordinator picks; the
