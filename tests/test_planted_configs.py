@@ -24,6 +24,13 @@ FOLDER = ROOT / "benchmarks" / "planted"
 SHORT = ["train.epochs=1", "train.steps_per_epoch=60", "profile.start_step=0", "profile.num_steps=40"]
 
 
+@pytest.fixture(autouse=True)
+def _records_in_a_test_folder(tmp_path_factory, monkeypatch):
+    # slow_reads writes its TFRecord files once per folder: one for this session, not the system's temp.
+    folder = tmp_path_factory.getbasetemp() / "planted-records"
+    monkeypatch.setenv("TFPIPE_PLANTED_DIR", str(folder))
+
+
 def test_one_config_per_case_each_stating_its_command_and_result():
     assert sorted(p.stem for p in FOLDER.glob("*.yaml")) == sorted(planted.CASES)
     for name in planted.CASES:
