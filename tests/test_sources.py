@@ -146,3 +146,67 @@ def test_image_folder_reads_jpeg_and_png_with_folder_labels(tmp_path):
     assert x.shape == (4, 12, 10, 3)
     for img, label in zip(x.numpy(), y.numpy()):
         assert abs(img.mean() - (40 if label == 0 else 200)) < 3
+
+
+MY_SOURCE = '''
+import numpy as np
+import tensorflow as tf
+from tfpipe.data import sources
+
+def arrays(data_cfg, split):
+    # 40 training rows of 3 features, 10 test rows, no validation split.
+    n = {"train": 40, "test": 10}.get(split)
+    if n is None:
+        return None
+    x = np.full((n, 3), data_cfg.split.seed, np.float32)
+    return x, np.arange(n, dtype=np.int64) % 4
+
+def dataset(data_cfg, split):
+    x, y = arrays(data_cfg, split) or (None, None)
+    return None if x is None else tf.data.Dataset.from_tensor_slices((x, y))
+
+def files(data_cfg, split):
+    return sources.Source(num_examples=3, num_classes=2, files=("a",), reader=tf.data.TextLineDataset,
+                          parse=lambda line: (line, tf.constant(0, tf.int64)))
+
+def batched(data_cfg, split):
+    return dataset(data_cfg, split).batch(4)
+
+def text(data_cfg, split):
+    return "train.csv"
+'''
+
+
+def test_source_by_import_path_feeds_the_configured_pipeline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_source_ok.py").write_text(MY_SOURCE)
+    for fn in ("arrays", "dataset"):
+        cfg = data_cfg(tmp_path, source=f"my_source_ok:{fn}", split={"seed": 7}, cache="", shuffle={"buffer_size": 0})
+        src = sources.load(cfg, "train")
+        assert (src.num_examples, src.num_classes) == (40, 4), fn
+        assert sources.load(cfg, "validation").num_examples == 0  # None: the split is absent
+        assert sources.load(cfg, "test").num_examples == 10
+        # The pipeline still applies the config: batches of 8, evaluation keeps the order.
+        x, y = next(iter(pipeline.build(cfg, "test", 8, training=False)))
+        assert x.shape == (8, 3) and float(x[0, 0]) == 7.0 and list(y.numpy()) == [0, 1, 2, 3, 0, 1, 2, 3], fn
+    # A Source is taken as it is: files listed there are read through data.read.
+    assert sources.load(data_cfg(tmp_path, source="my_source_ok:files"), "train").files == ("a",)
+
+
+def test_source_by_import_path_fails_in_one_line_naming_data_source(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_source_bad.py").write_text(MY_SOURCE)
+    with pytest.raises(tfpipe.ConfigError) as e:
+        data_cfg(tmp_path, source="no_such_module_here:load")
+    assert str(e.value) == (f"{tmp_path / 'cfg.yaml'}: data.source: cannot import 'no_such_module_here' for "
+                            "'no_such_module_here:load': ModuleNotFoundError: No module named 'no_such_module_here'")
+    with pytest.raises(tfpipe.ConfigError, match=r"data.source: module 'my_source_bad' has no attribute 'nope'"):
+        data_cfg(tmp_path, source="my_source_bad:nope")
+    with pytest.raises(tfpipe.ConfigError, match=r"data.source: expected one of .*synthetic.* or module:function, got 'digit'"):
+        data_cfg(tmp_path, source="digit")
+    with pytest.raises(ValueError, match=r"^data.source: 'my_source_bad:text' returned a str for the train split; "
+                                         r"expected a tf.data.Dataset of \(features, label\) examples"):
+        sources.load(data_cfg(tmp_path, source="my_source_bad:text"), "train")
+    with pytest.raises(ValueError, match=r"^data.source 'my_source_bad:batched' \(train split\): expected a Dataset "
+                                         r"of single examples"):
+        sources.load(data_cfg(tmp_path, source="my_source_bad:batched"), "train")

@@ -229,7 +229,8 @@ class DataServiceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # A key of tfpipe.data.sources.SOURCES: digits, npz, csv, tfrecord, image_folder, synthetic.
+    # A key of tfpipe.data.sources.SOURCES: digits, npz, csv, tfrecord, image_folder, synthetic;
+    # or module:function naming the user's own, fn(data_cfg, split) (tfpipe.data.sources.imported).
     source: str = "digits"
     files: FilesConfig = _section(FilesConfig)
     read: ReadConfig = _section(ReadConfig)
@@ -795,12 +796,20 @@ def _check_cross_field(cfg: Config, where: str):
         _check_in_graph(cfg, where)
     _check_recipes(cfg, where)
     # Checked here rather than at build time so a typo fails before training starts.
+    from tfpipe import importpath, models  # pylint: disable=import-outside-toplevel
     from tfpipe.data import preprocess, sources  # pylint: disable=import-outside-toplevel
-    from tfpipe import models  # pylint: disable=import-outside-toplevel
 
-    if cfg.data.source not in sources.SOURCES:
+    if importpath.is_import_path(cfg.data.source):
+        # Imported now, so a typo in the path fails before training starts;
+        # what the function returns is checked when the run calls it.
+        try:
+            importpath.load(cfg.data.source, "data.source")
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    elif cfg.data.source not in sources.SOURCES:
         raise ConfigError(
-            f"{where}: data.source: expected one of {', '.join(sorted(sources.SOURCES))}, got {cfg.data.source!r}"
+            f"{where}: data.source: expected one of {', '.join(sorted(sources.SOURCES))} or module:function, "
+            f"got {cfg.data.source!r}"
         )
     try:
         preprocess.check_steps(cfg.data.map.steps, where=where, vectorized=cfg.data.map.vectorized)

@@ -15,6 +15,9 @@ Files are listed from globs (comma-separated allowed), sorted, and permuted
 with `data.read.seed`, so every run and every worker sees the same order.
 `data.holdout` cuts validation and test splits from the training files of
 csv and image_folder sources when their own globs are empty.
+
+`data.source` may also name the user's own source by import path,
+`my_pkg.data:load` (see `imported`), as `model.name` names a builder.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfpipe import importpath
 from tfpipe.data import feature_spec
 
 SPLITS = ("train", "validation", "test")
@@ -575,7 +579,64 @@ def python(data_cfg, split: str) -> Source:
     return memory.source(data_cfg, split)
 
 
-# Dispatch by plain dict: the names `data.source` may take.
+def imported(data_cfg, split: str) -> Source:
+    """The split of a source named by import path: `data.source: my_pkg.data:load`.
+
+    The function is called as `fn(data_cfg, split)`, `split` one of
+    "train", "validation", "test", every time the run needs that split (so
+    it should be cheap to call again, or cache what it reads). It returns
+    the split's examples, not batches: the pipeline still caches, shuffles,
+    maps, batches and prefetches as the config says. It may return
+
+    - a `tf.data.Dataset` of `(features, label)` examples (its length is
+      counted with one pass when unknown; an infinite one needs
+      `train.steps_per_epoch`);
+    - NumPy arrays `(x, y)`, `x` an array or a dict of arrays;
+    - a `Source`, for files read through `data.read` (give `files`, a
+      `reader` opening one file, and a `parse` turning a raw record into
+      `(features, label)`) or a known example count;
+    - None: the split is absent.
+
+    Args:
+        data_cfg: the run's `DataConfig` (`data_cfg.split` says how to cut
+            one data set into splits, `data_cfg.read` how to read files).
+        split: the split wanted.
+
+    Returns:
+        A `Source`.
+
+    Raises:
+        ValueError: one line naming `data.source` and what was expected.
+
+    Example:
+
+    ```python
+    # my_pkg/data.py; the config says data.source: my_pkg.data:load
+    def load(data_cfg, split):
+        x, y = read_my_arrays()
+        idx = tfpipe.data.sources.split_indices(len(y), data_cfg.split.validation,
+                                                data_cfg.split.test, data_cfg.split.seed)[split]
+        return x[idx], y[idx]
+    ```
+    """
+    from tfpipe.data import memory  # pylint: disable=import-outside-toplevel  # memory imports this module
+
+    spec = data_cfg.source
+    out = importpath.load(spec, "data.source")(data_cfg, split)
+    if isinstance(out, Source):
+        return out
+    if out is None:
+        return Source(num_examples=0, num_classes=0)
+    if isinstance(out, tf.data.Dataset) or (isinstance(out, (tuple, list)) and len(out) == 2):
+        # The same conversion as data handed over from Python (tfpipe.train(cfg, data=...)).
+        return memory._one(out, data_cfg, f"data.source {spec!r} ({split} split)")  # pylint: disable=protected-access
+    raise ValueError(
+        f"data.source: {spec!r} returned a {type(out).__name__} for the {split} split; expected a "
+        "tf.data.Dataset of (features, label) examples, NumPy arrays (x, y), a tfpipe.data.sources.Source or None"
+    )
+
+
+# Dispatch by plain dict: the names `data.source` may take (or module:function, `imported`).
 SOURCES = {
     "python": python,
     "digits": digits,
@@ -591,6 +652,10 @@ def load(data_cfg, split: str) -> Source:
     """The `split` of the source named by `data_cfg.source`."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if importpath.is_import_path(data_cfg.source):
+        return imported(data_cfg, split)
     if data_cfg.source not in SOURCES:
-        raise ValueError(f"data.source: expected one of {', '.join(sorted(SOURCES))}, got {data_cfg.source!r}")
+        raise ValueError(
+            f"data.source: expected one of {', '.join(sorted(SOURCES))} or module:function, got {data_cfg.source!r}"
+        )
     return SOURCES[data_cfg.source](data_cfg, split)
