@@ -184,6 +184,26 @@ class TrainInput:
         return self._strategy.experimental_distribute_values_from_function(replica_slice)
 
 
+def from_config(cfg, strategy, global_batch: int, steps_per_epoch: int, mode: str, stamp: bool) -> TrainInput:
+    """The run's training input: the split held in the graph (`data.in_graph`) or a tf.data stream.
+
+    Shared by the loop and the tuner's trial windows (tfpipe/tune/window.py),
+    so a trial trains on the input a run would.
+
+    Raises:
+        ValueError: `data.in_graph` that cannot be had (strategy, size), one line.
+    """
+    from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
+
+    if cfg.data.in_graph:
+        return InGraphInput(
+            strategy, lambda: pipeline.build(cfg.data, "train", global_batch, training=False), cfg.data,
+            steps_per_epoch, global_batch, seed=cfg.runtime.seed, stamped=stamp,
+        )  # fmt: skip
+    dataset_fn = lambda ctx: pipeline.build(cfg.data, "train", global_batch, ctx, training=True, stamp=stamp)  # noqa: E731
+    return TrainInput(strategy, mode, dataset_fn, cfg.data, stamped=stamp)
+
+
 # The most the in-graph split may hold: it is a copy in host memory, captured
 # by the compiled loop.
 IN_GRAPH_MAX_BYTES = 2 << 30

@@ -123,20 +123,15 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
     else:
         # Stamped: each batch carries when it was ready, for the input-wait timer.
         stamp = cfg.profile.measure_input_wait
-        if cfg.data.in_graph:  # the split held as tensors, batches gathered in the step
-            try:
-                train_data = inputs.InGraphInput(
-                    strategy, lambda: pipeline.build(cfg.data, "train", global_batch, training=False), cfg.data,
-                    steps_per_epoch, global_batch, seed=cfg.runtime.seed, stamped=stamp,
-                )  # fmt: skip
-            except ValueError as e:
-                raise config_lib.ConfigError(str(e)) from None
+        try:  # data.in_graph: the split held as tensors, batches gathered in the step
+            train_data = inputs.from_config(cfg, strategy, global_batch, steps_per_epoch, _input_mode(cfg), stamp)
+        except ValueError as e:
+            if not cfg.data.in_graph:
+                raise
+            raise config_lib.ConfigError(str(e)) from None
+        if cfg.data.in_graph:
             _say(f"data.in_graph: {train_data.num_examples} training examples held in memory "
                  f"({train_data.nbytes / 2**20:,.1f} MiB), batches gathered inside the step")
-        else:
-            train_data = inputs.TrainInput(
-                strategy, _input_mode(cfg), input_fn("train", True, stamp), cfg.data, stamped=stamp
-            )
         eval_datasets = {split: strategy.distribute_datasets_from_function(input_fn(split, False)) for split in eval_splits}
     train_pass = pipeline.build(cfg.data, "train", global_batch, training=False)
     features_spec, labels_spec = train_pass.element_spec

@@ -185,6 +185,23 @@ def _deterministic(cfg, ctx):
                       alters_results="element order varies from run to run")]
 
 
+IN_GRAPH_ORDER = "a seeded permutation of the whole split each epoch instead of the shuffle buffer's order"
+
+
+def _in_graph(cfg, ctx):
+    from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
+
+    step_ms = ctx["step_ms"]
+    if (cfg.data.in_graph or step_ms is None or step_ms >= 5 or cfg.data.service.address or cfg.data.padded_batch
+            or cfg.runtime.strategy not in ("default", "one_device", "mirrored")
+            or preprocess.split_at_first_random(cfg.data.map.steps)[1]):
+        return []
+    return [Candidate({"data.in_graph": True},
+                      f"{step_ms:.2f} ms steps: hold the preprocessed split as tensors and gather each batch in the "
+                      "step, no tf.data iterator hand-over per step (a trial over the RAM budget is rejected)",
+                      alters_results=IN_GRAPH_ORDER, reduces_work=True)]
+
+
 def _steps_per_loop(cfg, ctx):
     step_ms = ctx["step_ms"]
     per_call = min(cfg.train.steps_per_loop, ctx["steps_per_epoch"])
@@ -223,6 +240,7 @@ KNOBS: list[tuple[str, str, Callable]] = [
     ("block_length", "input", _block_length),
     ("deterministic", "input", _deterministic),
     ("input threads", "input", _threads),
+    ("in_graph", "input", _in_graph),
     ("steps_per_loop", "model", _steps_per_loop),
     ("op threads", "model", _op_threads),
 ]
@@ -230,8 +248,9 @@ KNOBS: list[tuple[str, str, Callable]] = [
 # Keys whose change alters results whatever the value; used for the diagnosis's suggestions.
 _ALTERS = {"data.deterministic": "element order varies from run to run",
            "data.read.cycle_length": "records arrive in another (still seeded) order",
-           "data.read.block_length": "records arrive in another (still seeded) order"}
-_REDUCES_WORK = {"data.map.vectorized", "data.map.batch_tail", "data.cache", "train.steps_per_loop",
+           "data.read.block_length": "records arrive in another (still seeded) order",
+           "data.in_graph": IN_GRAPH_ORDER}
+_REDUCES_WORK = {"data.map.vectorized", "data.map.batch_tail", "data.cache", "train.steps_per_loop", "data.in_graph",
                  "runtime.inter_op_threads", "runtime.intra_op_threads"}
 
 

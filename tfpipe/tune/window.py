@@ -92,9 +92,8 @@ def _trainer(cfg):
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(train_source.num_examples / batch)
     # Stamped batches, as the loop builds them: the input-wait timer reads the stamps.
     stamp = cfg.profile.measure_input_wait
-    dataset_fn = lambda ctx: pipeline.build(cfg.data, "train", batch, ctx, training=True, stamp=stamp)  # noqa: E731
     mode = cfg.checkpoint.input if not cfg.data.service.address else "replay"
-    train_data = inputs.TrainInput(strategy, mode, dataset_fn, cfg.data, stamped=stamp)
+    train_data = inputs.from_config(cfg, strategy, batch, steps_per_epoch, mode, stamp)
     features_spec, labels_spec = pipeline.build(cfg.data, "train", batch, training=False).element_spec
     cfg = custom.resolve_loss(cfg, labels_spec)  # model.loss: auto -> sparse or categorical, as the loop does
     lr = strategies.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
