@@ -485,7 +485,8 @@ def test_perfect_input_probe_is_measured_and_leaves_the_run_as_it_was(tmp_path, 
     measured = json.loads((tmp_path / "a" / "report.json").read_text())
     assert measured["perfect_input_source"] == "measured", measured.get("perfect_input_source")
     probe = measured["perfect_input"]
-    assert probe["steps"] >= 2 * 10 and probe["ms_per_step"] > 0 and probe["run_ms_per_step"] > 0, probe
+    assert probe["steps"] >= 2 * 2 * 10 and probe["ms_per_step"] > 0 and probe["run_ms_per_step"] > 0, probe
+    assert probe["timed_run_ms_per_step"] > 0, probe
     assert measured["perfect_input_speedup"] == pytest.approx(probe["run_ms_per_step"] / probe["ms_per_step"])
     estimated = json.loads((tmp_path / "b" / "report.json").read_text())
     assert estimated["perfect_input_source"] == "estimate"

@@ -335,7 +335,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             perfect = probe.perfect_input(
                 steps, train_data,
                 lambda ctx: pipeline.build(one_batch, "train", global_batch, ctx, training=True, stamp=stamp),
-                min(cfg.train.steps_per_loop, steps_per_epoch),
+                min(cfg.train.steps_per_loop, steps_per_epoch), run_ms_per_step=1000 * timed_seconds / timed_steps,
             )  # fmt: skip
         profiler.finish(cfg, perfect_input=perfect)
     except BaseException:
