@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfpipe.profile import planted_data
 from tfpipe.profile import report as report_lib
 from tfpipe.profile import trace
 
@@ -195,26 +196,8 @@ def _per_element(variant, scale, workdir):
     return _finish(ds, variant)
 
 
-def _write_records(workdir, files=8, per_file=256):
-    root = Path(workdir) / "records"
-    paths = sorted(root.glob("*.tfrecord"))
-    if len(paths) == files:
-        return [str(p) for p in paths]
-    root.mkdir(parents=True, exist_ok=True)
-    x, y = _examples(files * per_file)
-    for f in range(files):
-        with tf.io.TFRecordWriter(str(root / f"part-{f}.tfrecord")) as w:
-            for i in range(f * per_file, (f + 1) * per_file):
-                ex = tf.train.Example(features=tf.train.Features(feature={
-                    "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i])),
-                    "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[y[i]])),
-                }))  # fmt: skip
-                w.write(ex.SerializeToString())
-    return [str(p) for p in sorted(root.glob("*.tfrecord"))]
-
-
 def _slow_reads(variant, scale, workdir):
-    files = _write_records(workdir)
+    files = planted_data.write_records(workdir)  # the same files as the planted config reads
 
     def read(path):
         # Storage with 0.25 ms of latency per record (a remote filesystem).

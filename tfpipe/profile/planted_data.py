@@ -146,7 +146,12 @@ _FILES, _PER_FILE = 8, 256
 
 def _record_files() -> list[str]:
     """8 TFRecord files of 256 `tf.train.Example`s (x: 64 floats, y: int64), written once per machine."""
-    root = Path(os.environ.get("TFPIPE_PLANTED_DIR", Path(tempfile.gettempdir()) / "tfpipe-planted")) / "records"
+    return write_records(Path(os.environ.get("TFPIPE_PLANTED_DIR", Path(tempfile.gettempdir()) / "tfpipe-planted")))
+
+
+def write_records(folder) -> list[str]:
+    """`folder/records/part-{0..7}.tfrecord` (the planted slow_reads data), unless already there."""
+    root = Path(folder) / "records"
     paths = [root / f"part-{f}.tfrecord" for f in range(_FILES)]
     if all(p.is_file() for p in paths):
         return [str(p) for p in paths]
