@@ -11,21 +11,23 @@ hot against 0.45-0.59 ms after a wait), so the estimate said 12x where
 the measurement gave 23x.
 
 So, when a profile window was traced, the loop measures it once at the end
-of training, in two phases of back-to-back calls of its compiled loop:
-first on an iterator of one cached batch (`data.repeat_one_batch`), then on
-the run's own iterator. Phases, not alternating calls: alternating, each
-side's pipeline worked in the background of the other's calls (the run's
-refilled its buffer, making its next call quick, while it took cores from
-the cached side), which read 22-33% low on the input-bound planted configs.
-The first call of each phase is not timed (it fills the cache, or drains
-the buffer the run's pipeline filled meanwhile). The ratio of the two
-step times is the speed-up. (Subtracting their difference from the run's
-own timed step instead read 4.8x where 20x was measured apart on a Python
-generator source: the run's Python work per call competes for the GIL with
-the generator, so it is not a fixed cost a perfect input would leave.)
-The run's own timed step is reported beside them. Afterwards every
-variable the calls wrote is put back, so the run's results do not depend
-on it (tests/test_profiling.py checks the weights). About a second.
+of training with its own compiled loop, in three rounds of two blocks of
+back-to-back calls: on the run's own iterator, then on an iterator of one
+cached batch (`data.repeat_one_batch`). The first call of each block is
+not timed: it fills the cache, or drains what the run's pipeline buffered
+while the other block ran. The ratio of the two step times is the
+speed-up. Tried and dropped, on the planted configs and the digits MLP
+against separate runs (BENCHMARKS.md, "Diagnosis"): alternating single
+calls read 22-33% low (each side's pipeline worked in the background of
+the other's calls); one block each read up to 44% high on input-bound
+cases and 0.83-0.93x on the digits MLP, depending on which came first;
+subtracting the difference from the run's own timed step read 4.8x where
+20x was measured (the loop's Python work competes for the GIL with a
+generator source, so it is no fixed cost). The run's own timed step is
+reported beside. Calls are cut to about CALL_MS (a 45 ms step runs two per
+call). Afterwards every variable the calls wrote is put back, so the
+run's results do not depend on it (tests/test_profiling.py checks the
+weights). About one to three seconds.
 
 Example:
 
@@ -37,15 +39,18 @@ probe["run_ms_per_step"] / probe["ms_per_step"]   # the perfect-input speed-up
 
 from __future__ import annotations
 
+import math
 import time
 
 import tensorflow as tf
 
-# At least this long and this many calls, after one untimed call that fills
-# the cache; at most MAX_CALLS (a long call is measured twice, not for a second).
-MIN_SECONDS = 1.0
-MIN_CALLS = 2
-MAX_CALLS = 50
+# Three rounds of two blocks (the run's input, then one cached batch), each
+# block one untimed call and then calls for at least BLOCK_SECONDS.
+ROUNDS = 3
+BLOCK_SECONDS = 0.2
+# Calls of about this long at most: per-call costs are negligible past it, and
+# a long-step model (images_cnn: 45 ms steps) is not held up for seconds.
+CALL_MS = 50.0
 
 
 def _state(steps) -> list:
@@ -76,27 +81,34 @@ def perfect_input(steps, train_data, dataset_fn, num_steps: int, run_ms_per_step
     # Host copies (NumPy): no second copy of the weights in accelerator memory.
     saved = [v.numpy() for v in state]
 
-    def phase(iterator) -> tuple[float, int]:
-        def call():
-            start = time.perf_counter()
-            # Read back: on an accelerator a call returns before it has run.
-            tf.nest.map_structure(lambda t: t.numpy(), steps.train_call(num_steps, iterator=iterator))
-            return time.perf_counter() - start
+    if run_ms_per_step:  # long steps: fewer per call (a tensor count: the compiled loop is reused)
+        num_steps = max(2, min(num_steps, math.ceil(CALL_MS / run_ms_per_step)))
 
-        call()  # fills the one-batch cache, or drains what the idle pipeline buffered
-        seconds, calls = 0.0, 0
-        while calls < MAX_CALLS and (calls < MIN_CALLS or seconds < MIN_SECONDS / 2):
-            seconds += call()
-            calls += 1
-        return seconds, calls * num_steps
+    def call(iterator) -> float:
+        start = time.perf_counter()
+        # Read back: on an accelerator a call returns before it has run.
+        tf.nest.map_structure(lambda t: t.numpy(), steps.train_call(num_steps, iterator=iterator))
+        return time.perf_counter() - start
 
+    seconds = {"input": 0.0, "perfect": 0.0}
+    calls = {"input": 0, "perfect": 0}
     try:
-        perfect_s, perfect_n = phase(train_data.iterator_for(dataset_fn))
-        input_s, input_n = phase(train_data.iterator)
+        iterators = {"input": train_data.iterator, "perfect": train_data.iterator_for(dataset_fn)}
+        for _ in range(ROUNDS):
+            for side, iterator in iterators.items():
+                # Untimed: fills the cache, or drains what the idle pipeline buffered meanwhile.
+                call(iterator)
+                block = 0.0
+                while block < BLOCK_SECONDS:
+                    block += call(iterator)
+                    calls[side] += 1
+                seconds[side] += block
     finally:
         for v, value in zip(state, saved):
             v.assign(value)
         steps.train_metrics.reset()
+    perfect_n, input_n = calls["perfect"] * num_steps, calls["input"] * num_steps
+    perfect_s, input_s = seconds["perfect"], seconds["input"]
     return {
         "ms_per_step": 1000 * perfect_s / perfect_n,
         "run_ms_per_step": 1000 * input_s / input_n,
