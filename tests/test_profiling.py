@@ -508,3 +508,16 @@ def test_steps_that_barely_wait_but_run_faster_on_perfect_input_name_the_input_c
     if cause == "input_cpu":
         recs = report.recommend({**profile, "cause": found}, cfg)
         assert recs[0]["key"] is None and "off this host" in recs[0]["why"], recs
+
+
+def test_input_cpu_on_deterministic_data_recommends_in_graph_first():
+    profile = {
+        "shares": {"input": 0.04, "host_compute": 0.95, "device_compute": 0.0, "other": 0.01},
+        "input_share": 0.04, "stages": [], "slowest_input_stages": [], "steps_per_marker": 5, "markers": 20,
+        "step_time_ms": {"mean": 10.0}, "perfect_input_speedup": 1.6, "perfect_input_share": 1 - 1 / 1.6,
+    }
+    cfg = {"train": {"steps_per_loop": 50}, "data": {"prefetch": -1, "cache": "", "map": {"steps": [
+        {"op": "hash_columns", "columns": ["C*"], "num_bins": 10}, {"op": "log1p", "key": "numeric"}]}}}
+    found, _ = report.diagnose(profile, cfg)
+    recs = report.recommend({**profile, "cause": found}, cfg)
+    assert found == "input_cpu" and [r["key"] for r in recs[:2]] == ["data.in_graph", "data.cache"], recs

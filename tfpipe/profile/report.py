@@ -591,6 +591,12 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             "fits in memory) [hold the data as tensors, index them inside the tf.function]")  # fmt: skip
 
     def less_input_work():
+        every_epoch = preprocess.split_at_first_random(steps)[1]
+        if cfg and not every_epoch and not data.get("in_graph") and not (data.get("service") or {}).get("address"):
+            add("data.in_graph", True,
+                f"the input's CPU work costs {report.get('perfect_input_share', 0):.0%} of step time; with "
+                "deterministic steps the split can be preprocessed once and held as tensors, each batch gathered "
+                "inside the step: no input work per step at all (if the split fits in memory)")  # fmt: skip
         if cfg and preprocess.split_at_first_random(steps)[0]:  # steps that a cache would run once
             cache("the deterministic steps run again every epoch, on cores the model needs")
         note(f"the input's CPU work costs {report.get('perfect_input_share', 0):.0%} of step time without making steps "
