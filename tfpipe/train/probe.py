@@ -14,8 +14,8 @@ So, when a profile window was traced, the loop measures it once at the end
 of training with its own compiled loop, in three rounds of two blocks of
 back-to-back calls: on the run's own iterator, then on an iterator of one
 cached batch (`data.repeat_one_batch`). The first call of each block is
-not timed: it fills the cache, or drains what the run's pipeline buffered
-while the other block ran. The ratio of the two step times is the
+not timed (calls for BLOCK_SECONDS / 2): they fill the cache, or drain
+what the run's pipeline buffered while the other block ran. The ratio of the two step times is the
 speed-up. Tried and dropped, on the planted configs and the digits MLP
 against separate runs (BENCHMARKS.md, "Diagnosis"): alternating single
 calls read 22-33% low (each side's pipeline worked in the background of
@@ -81,7 +81,10 @@ def perfect_input(steps, train_data, dataset_fn, num_steps: int, run_ms_per_step
     # Host copies (NumPy): no second copy of the weights in accelerator memory.
     saved = [v.numpy() for v in state]
 
-    if run_ms_per_step:  # long steps: fewer per call (a tensor count: the compiled loop is reused)
+    if run_ms_per_step and run_ms_per_step >= CALL_MS / 2:
+        # Long steps: fewer per call (a tensor count: the compiled loop is reused).
+        # Only then: the cached side's steps may be far shorter than the run's, and
+        # on 0.25 ms steps calls of 10 cost it 40% more per step than calls of 50.
         num_steps = max(2, min(num_steps, math.ceil(CALL_MS / run_ms_per_step)))
 
     def call(iterator) -> float:
@@ -96,8 +99,12 @@ def perfect_input(steps, train_data, dataset_fn, num_steps: int, run_ms_per_step
         iterators = {"input": train_data.iterator, "perfect": train_data.iterator_for(dataset_fn)}
         for _ in range(ROUNDS):
             for side, iterator in iterators.items():
-                # Untimed: fills the cache, or drains what the idle pipeline buffered meanwhile.
-                call(iterator)
+                # Untimed: fills the cache, or drains what the idle pipeline buffered
+                # meanwhile (time, not one call: a short call left batches in the buffer
+                # and the input-bound side read 36-44% fast).
+                warm = 0.0
+                while warm < BLOCK_SECONDS / 2:
+                    warm += call(iterator)
                 block = 0.0
                 while block < BLOCK_SECONDS:
                     block += call(iterator)
