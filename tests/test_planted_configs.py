@@ -64,18 +64,7 @@ def test_planted_config_report_names_the_cause_and_first_fix(name, tmp_path):
         tfpipe.load_config(FOLDER / f"{name}.yaml", overrides=[f"{first['key']}={json.dumps(first['value'])}"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n, c in planted.CASES.items() if c.fix])
-def test_first_recommendation_applied_as_an_override_makes_the_run_faster(name, tmp_path):
-    # The configs as shipped (two or three epochs of 100 steps, the window
-    # inside): the report's own first recommendation is applied to the same
-    # config. examples_per_sec leaves out the compiling and the profiled calls.
-    path = FOLDER / f"{name}.yaml"
-    planted_run = tfpipe.train(tfpipe.load_config(path), tmp_path / "planted")
-    first = planted_run.report["recommendations"][0]
-    override = f"{first['key']}={json.dumps(first['value'])}"
-    fixed_run = tfpipe.train(tfpipe.load_config(path, overrides=[override]), tmp_path / "fixed")
-    # Measured here: 1.6x (no_prefetch) to 15x (python_generator); 1.2x
-    # leaves room for a busy machine.
-    speedup = fixed_run["examples_per_sec"] / planted_run["examples_per_sec"]
-    assert speedup > 1.2, (override, planted_run["examples_per_sec"], fixed_run["examples_per_sec"])
+# How much faster the first recommendation makes each run is measured in
+# benchmarks/diagnosis.py (BENCHMARKS.md, "Diagnosis"), side by side in
+# interleaved rounds: a speed-up asserted here would be a timed test on a
+# shared machine.
