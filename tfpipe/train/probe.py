@@ -13,10 +13,10 @@ the measurement gave 23x.
 So, when a profile window was traced, the loop measures it once at the end
 of training with its own compiled loop, in three rounds of two blocks of
 back-to-back calls: on the run's own iterator, then on an iterator of one
-cached batch (`data.repeat_one_batch`). The first call of each block is
-not timed (calls for BLOCK_SECONDS / 2): they fill the cache, or drain
-what the run's pipeline buffered while the other block ran. The ratio of the two step times is the
-speed-up. Tried and dropped, on the planted configs and the digits MLP
+cached batch (`data.repeat_one_batch`). The first calls of each block
+(BLOCK_SECONDS / 2) are not timed: they fill the cache, or drain what the
+run's pipeline buffered while the other block ran. The ratio of the two
+step times is the speed-up. Tried and dropped, on the planted configs and the digits MLP
 against separate runs (BENCHMARKS.md, "Diagnosis"): alternating single
 calls read 22-33% low (each side's pipeline worked in the background of
 the other's calls); one block each read up to 44% high on input-bound
@@ -45,7 +45,7 @@ import time
 import tensorflow as tf
 
 # Three rounds of two blocks (the run's input, then one cached batch), each
-# block one untimed call and then calls for at least BLOCK_SECONDS.
+# block untimed calls for BLOCK_SECONDS / 2, then timed calls for at least BLOCK_SECONDS.
 ROUNDS = 3
 BLOCK_SECONDS = 0.2
 # Calls of about this long at most: per-call costs are negligible past it, and
