@@ -96,9 +96,13 @@ def test_mirrored_trains_as_default(tmp_path):
     assert abs(runs["default"]["loss"] - runs["mirrored"]["loss"]) <= 1e-3, runs
 
 
-def test_random_steps_are_refused_at_load():
+def test_random_steps_and_multi_host_strategies_are_refused_at_load():
     with pytest.raises(tfpipe.ConfigError, match=r"data.in_graph: .*deterministic.*'decode_crop_jpeg'"):
         tfpipe.load_config(str(ROOT / "configs" / "images_cnn.yaml"), overrides=["data.in_graph=true"])
+    for strategy in ("multi_worker_mirrored", "parameter_server"):
+        with pytest.raises(tfpipe.ConfigError, match=rf"data.in_graph: needs a single-host strategy .*'{strategy}'"):
+            tfpipe.load_config(str(ROOT / "configs" / "digits_mlp.yaml"),
+                               overrides=["data.in_graph=true", f"runtime.strategy={strategy}"])
 
 
 def test_clicks_wide_deep_trains_in_graph(tmp_path, monkeypatch):

@@ -819,19 +819,13 @@ def _check_cross_field(cfg: Config, where: str):
 
 
 def _check_in_graph(cfg: Config, where: str):
-    """data.in_graph: the steps run once, so none may be random; a service or a padded batch cannot be held."""
+    """data.in_graph: the split is preprocessed once and held, so only inputs that allow it."""
     from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
 
-    _, random_steps = preprocess.split_at_first_random(cfg.data.map.steps)
-    if random_steps:
-        raise ConfigError(
-            f"{where}: data.in_graph: the steps run once, when the split is loaded, so they must be deterministic; "
-            f"data.map.steps has {random_steps[0]['op']!r} (random, or an imported function tfpipe cannot check)"
-        )
-    for key, on in (("data.service.address", cfg.data.service.address), ("data.padded_batch", cfg.data.padded_batch),
-                    ("data.repeat_one_batch", cfg.data.repeat_one_batch)):  # fmt: skip
-        if on:
-            raise ConfigError(f"{where}: data.in_graph: cannot be combined with {key}: {on!r}")
+    d = cfg.data
+    if why := preprocess.in_graph_blocker(d.map.steps, d.service.address, d.padded_batch, d.repeat_one_batch,
+                                          cfg.runtime.strategy):  # fmt: skip
+        raise ConfigError(f"{where}: data.in_graph: {why}")
 
 
 def _check_recipes(cfg: Config, where: str):

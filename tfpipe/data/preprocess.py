@@ -635,6 +635,33 @@ def split_at_first_random(steps) -> tuple[tuple, tuple]:
     return steps, ()
 
 
+# Strategies whose replicas all live in one process: one host can hold the split for them.
+SINGLE_HOST_STRATEGIES = ("default", "one_device", "mirrored")
+
+
+def in_graph_blocker(steps, service_address=None, padded_batch=None, repeat_one_batch=False,
+                     strategy: str = "default") -> str | None:  # fmt: skip
+    """Why `data.in_graph` cannot hold this input, in words; None when it can.
+
+    The split is preprocessed once and held as tensors in this process, so
+    every step must be deterministic, the batches unpadded and made here, and
+    the strategy single-host. One rule for the config check, the report's
+    advice and the pipeline tuner.
+    """
+    if strategy not in SINGLE_HOST_STRATEGIES:
+        return (f"needs a single-host strategy ({', '.join(SINGLE_HOST_STRATEGIES)}), got runtime.strategy: "
+                f"{strategy!r}; under several workers each would hold the whole split")
+    _, every_epoch = split_at_first_random(steps)
+    if every_epoch:
+        return (f"the steps run once, when the split is loaded, so they must be deterministic; data.map.steps has "
+                f"{every_epoch[0]['op']!r} (random, or an imported function tfpipe cannot check)")
+    for key, on in (("data.service.address", service_address), ("data.padded_batch", padded_batch),
+                    ("data.repeat_one_batch", repeat_one_batch)):  # fmt: skip
+        if on:
+            return f"cannot be combined with {key}: {on!r}"
+    return None
+
+
 def split_batchable_tail(steps) -> tuple[tuple, tuple]:
     """Splits steps into a head and the longest tail of batch-capable maps (no filters)."""
     steps = tuple(steps)

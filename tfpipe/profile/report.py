@@ -375,7 +375,6 @@ def _input_share(profile: float, always_on: float | None, step_ms: float, measur
     # The profile's, always: trusting whichever was nearer the measured
     # perfect-input share flipped the default job's verdict between runs
     # (its in-run probe read 0.99-1.10x against 1.14x measured apart).
-    trusted, other = ("profile's", profile), ("always-on timer's", always_on)
     measured_text = f"; the measured perfect-input speed-up is {measured:.2f}x" if measured else ""
     if always_on < profile:
         why = (f"on {step_ms:.2f} ms steps handing a ready batch between threads is a visible share, "
@@ -383,7 +382,7 @@ def _input_share(profile: float, always_on: float | None, step_ms: float, measur
     else:
         why = "the timer brackets one op, the profile sees every thread of the window"
     out["input_share_note"] = (
-        f"input share: trusting the {trusted[0]} {trusted[1]:.1%} over the {other[0]} {other[1]:.1%} "
+        f"input share: trusting the profile's {profile:.1%} over the always-on timer's {always_on:.1%} "
         f"({gap * 100:.1f} points apart; {why}{measured_text})"
     )
     return out
@@ -570,11 +569,14 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             f"a visible share ({shares['other']:.0%} of step time is neither input nor compute); more steps "
             "per compiled call pay them once per call [tf.function: loop over several steps per call]")  # fmt: skip
 
+    def in_graph_blocked():
+        return preprocess.in_graph_blocker(steps, (data.get("service") or {}).get("address"), data.get("padded_batch"),
+                                           strategy=((cfg or {}).get("runtime") or {}).get("strategy", "default"))
+
     def in_graph():
         if data.get("in_graph"):
             return
-        every_epoch = preprocess.split_at_first_random(steps)[1]  # random or imported steps
-        if cfg and (every_epoch or (data.get("service") or {}).get("address")):
+        if cfg and in_graph_blocked():
             # Steps that must run every epoch: no in-graph copy; fewer, larger hand-overs.
             size = train.get("batch_size")
             if size:
@@ -588,8 +590,7 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
             "fits in memory) [hold the data as tensors, index them inside the tf.function]")  # fmt: skip
 
     def less_input_work():
-        every_epoch = preprocess.split_at_first_random(steps)[1]
-        if cfg and not every_epoch and not data.get("in_graph") and not (data.get("service") or {}).get("address"):
+        if cfg and not data.get("in_graph") and not in_graph_blocked():
             add("data.in_graph", True,
                 f"the input's CPU work costs {report.get('perfect_input_share', 0):.0%} of step time; with "
                 "deterministic steps the split can be preprocessed once and held as tensors, each batch gathered "

@@ -45,10 +45,6 @@ _SINGLE_WORKER = (tf.distribute.MirroredStrategy, tf.distribute.OneDeviceStrateg
 
 def single_worker(strategy) -> bool:
     """Whether every replica of `strategy` lives in this process (the default strategy included)."""
-    return _iterator_supported(strategy)
-
-
-def _iterator_supported(strategy) -> bool:
     return isinstance(strategy, _SINGLE_WORKER) or not tf.distribute.has_strategy() and (
         strategy is tf.distribute.get_strategy()
     )
@@ -86,7 +82,7 @@ class TrainInput:
         # next_batch then returns (batch, ready_time).
         self.stamped = stamped
         self._dataset_fn = dataset_fn
-        supported = _iterator_supported(strategy)
+        supported = single_worker(strategy)
         if mode == "iterator" and not supported:
             raise ValueError(
                 f"checkpoint.input: 'iterator' needs a single-worker strategy; "
@@ -200,8 +196,14 @@ def from_config(cfg, strategy, global_batch: int, steps_per_epoch: int, mode: st
             strategy, lambda: pipeline.build(cfg.data, "train", global_batch, training=False), cfg.data,
             steps_per_epoch, global_batch, seed=cfg.runtime.seed, stamped=stamp,
         )  # fmt: skip
-    dataset_fn = lambda ctx: pipeline.build(cfg.data, "train", global_batch, ctx, training=True, stamp=stamp)  # noqa: E731
-    return TrainInput(strategy, mode, dataset_fn, cfg.data, stamped=stamp)
+    return TrainInput(strategy, mode, train_dataset_fn(cfg.data, global_batch, stamp), cfg.data, stamped=stamp)
+
+
+def train_dataset_fn(data_cfg, global_batch: int, stamp: bool) -> Callable:
+    """The training split's `dataset_fn(input_context)`, as a run builds it."""
+    from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
+
+    return lambda ctx: pipeline.build(data_cfg, "train", global_batch, ctx, training=True, stamp=stamp)
 
 
 # The most the in-graph split may hold: it is a copy in host memory, captured
@@ -240,7 +242,7 @@ class InGraphInput(TrainInput):
 
     def __init__(self, strategy, materialize: Callable, data_cfg, steps_per_epoch: int, global_batch: int,
                  seed: int = 0, stamped: bool = False):  # fmt: skip
-        if not _iterator_supported(strategy):
+        if not single_worker(strategy):
             raise ValueError(
                 f"data.in_graph: needs a single-host strategy (default, one_device, mirrored), got "
                 f"{type(strategy).__name__}; under several workers each would hold the whole split"
@@ -296,12 +298,8 @@ class InGraphInput(TrainInput):
 
     def next_batch(self, iterator):
         """The next step's batch gathered from memory; `iterator` (the probe's) is read instead when given."""
-        if iterator is not None:
-            self.mode = "iterator"  # one host pipeline of global batches, sliced like the gathered ones
-            try:
-                return super().next_batch(iterator)
-            finally:
-                self.mode = "in_graph"
+        if iterator is not None:  # one host pipeline of global batches, sliced like the gathered ones
+            return super().next_batch(iterator)
         with tf.device("/cpu:0"):
             position = self._position.assign_add(1) - 1
             epoch, k = position // self._steps_per_epoch, position % self._steps_per_epoch

@@ -333,8 +333,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
             # not for data.in_graph, whose gather beats one cached batch through tf.data.
             one_batch = dataclasses.replace(cfg.data, repeat_one_batch=True)
             perfect = probe.perfect_input(
-                steps, train_data,
-                lambda ctx: pipeline.build(one_batch, "train", global_batch, ctx, training=True, stamp=stamp),
+                steps, train_data, inputs.train_dataset_fn(one_batch, global_batch, stamp),
                 min(cfg.train.steps_per_loop, steps_per_epoch), run_ms_per_step=1000 * timed_seconds / timed_steps,
             )  # fmt: skip
         profiler.finish(cfg, perfect_input=perfect)
