@@ -423,6 +423,25 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlacementConfig:
+    """A model split into sequential stages, each on its own device (tfpipe/train/placement.py).
+
+    Off while `devices` is empty. Stage k runs the layers after
+    `split_after[k-1]` up to and including `split_after[k]` on `devices[k]`;
+    the backward pass of each stage runs on its device too.
+    """
+
+    # One device per stage, e.g. ["/gpu:0", "/gpu:1"] (or "/cpu:0", "/cpu:1"
+    # with runtime.logical_cpus: 2).
+    devices: tuple = ()
+    # Names of the layers each stage ends with: one fewer than devices.
+    split_after: tuple = ()
+    # Each batch cut into this many micro-batches, so stage 2 can work on
+    # one while stage 1 works on the next (GPipe's schedule); 1: no pipelining.
+    micro_batches: int = _field(1, min=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     strategy: str = _field(
         "default",
@@ -440,6 +459,8 @@ class RuntimeConfig:
     mixed_precision: str = _field("none", choices=("none", "mixed_float16", "mixed_bfloat16"))
     # Compile the forward and backward pass of each step with XLA.
     jit_compile: bool = False
+    # Model parallelism inside one replica: stages of the model on devices.
+    placement: PlacementConfig = dataclasses.field(default_factory=PlacementConfig)
     # Split the host CPU into this many logical devices (0 = leave as is), so
     # that a multi-replica strategy can be tried on a machine without GPUs.
     logical_cpus: int = _field(0, min=0)
@@ -794,6 +815,14 @@ def _check_cross_field(cfg: Config, where: str):
         )
     if cfg.data.in_graph:
         _check_in_graph(cfg, where)
+    if cfg.runtime.placement.devices:
+        _check_placement(cfg, where)
+    if cfg.runtime.strategy == "parameter_server" and cfg.runtime.inter_op_threads == 1:
+        # TF 2.21: the coordinator's scheduled closures never ran and it waited until its timeout.
+        raise ConfigError(
+            f"{where}: runtime.inter_op_threads: 1 hangs the parameter_server coordinator (TensorFlow 2.21); "
+            "expected 0 (TensorFlow's choice) or at least 2"
+        )
     _check_recipes(cfg, where)
     # Checked here rather than at build time so a typo fails before training starts.
     from tfpipe import importpath, models  # pylint: disable=import-outside-toplevel
@@ -826,6 +855,28 @@ def _check_in_graph(cfg: Config, where: str):
     if why := preprocess.in_graph_blocker(d.map.steps, d.service.address, d.padded_batch, d.repeat_one_batch,
                                           cfg.runtime.strategy):  # fmt: skip
         raise ConfigError(f"{where}: data.in_graph: {why}")
+
+
+def _check_placement(cfg: Config, where: str):
+    """runtime.placement: one device per stage, one replica, whole micro-batches."""
+    p = cfg.runtime.placement
+    if len(p.split_after) != len(p.devices) - 1 or len(p.devices) < 2:
+        raise ConfigError(
+            f"{where}: runtime.placement: expected at least 2 devices and one split_after layer name fewer than "
+            f"devices, got devices {list(p.devices)} and split_after {list(p.split_after)}"
+        )
+    if cfg.runtime.strategy != "default":
+        raise ConfigError(
+            f"{where}: runtime.placement: splits the model of one replica; expected runtime.strategy: default, "
+            f"got {cfg.runtime.strategy!r}"
+        )
+    if cfg.runtime.jit_compile:
+        raise ConfigError(f"{where}: runtime.placement: XLA compiles a step for one device; turn runtime.jit_compile off")
+    if cfg.train.batch_size % p.micro_batches:
+        raise ConfigError(
+            f"{where}: runtime.placement.micro_batches: {p.micro_batches} must divide train.batch_size "
+            f"{cfg.train.batch_size}"
+        )
 
 
 def _check_recipes(cfg: Config, where: str):

@@ -31,7 +31,7 @@ from tfpipe.train import faults
 from tfpipe.profile import trace
 from tfpipe.train import inputs
 from tfpipe.data import check, labels, pipeline, sources
-from tfpipe.train import custom, probe, progress
+from tfpipe.train import custom, placement, probe, progress
 from tfpipe.train import result as result_lib
 from tfpipe.train import losses, recipes, schedules, stopping
 from tfpipe.train.steps import Metrics, Steps
@@ -152,6 +152,16 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         with strategies.precision_policy(cfg.runtime):
             # model.name, or the caller's keras.Model or builder (tfpipe/train/custom.py).
             model = custom.build_model(model, cfg, features_spec, train_source.num_classes, strategy)
+        stages = None
+        if cfg.runtime.placement.devices:  # the model cut into stages on devices (tfpipe/train/placement.py)
+            try:
+                model, stages = placement.split(model, cfg.runtime.placement)
+            except ValueError as e:
+                raise config_lib.ConfigError(str(e)) from None
+            _say("runtime.placement: " + ", ".join(
+                f"stage {k} on {d} ({len(m.layers) - 1} layers, {m.count_params():,} weights)"
+                for k, (d, m) in enumerate(zip(stages.devices, stages.models)))
+                + (f"; {stages.micro_batches} micro-batches per batch" if stages.micro_batches > 1 else ""))
         # optimizer.schedule (evaluated at optimizer.iterations, which the
         # checkpoint holds); fused Adam unless optimizer.fused is false.
         optimizer, plateau = schedules.build_optimizer(
@@ -185,6 +195,7 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         strategy, model, optimizer, loss_fn, train_metrics, eval_metrics, nonfinite, input_timer, step,
         train_data, coordinator=coordinator, jit_compile=cfg.runtime.jit_compile, train_loss_fn=train_loss_fn,
         l2=cfg.model.l2, clipnorm=cfg.optimizer.clipnorm, global_clipnorm=cfg.optimizer.global_clipnorm,
+        stages=stages,
     )  # fmt: skip
 
     # ---------------------------------------------------------------- Restore

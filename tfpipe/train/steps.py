@@ -49,12 +49,16 @@ class Steps:
         l2: `model.l2`, on the model's kernels.
         clipnorm, global_clipnorm: `optimizer.clipnorm`, `.global_clipnorm`
             (0 = off), applied to the gradient summed over all replicas.
+        stages: `tfpipe.train.placement.Stages` when the model is split across
+            devices (`runtime.placement`): training runs them, each on its
+            device, and takes gradients with their ops placed likewise.
     """
 
     def __init__(self, strategy, model, optimizer, loss_fn, train_metrics, eval_metrics, nonfinite, input_timer,
                  step, train_data, coordinator=None, jit_compile=False, train_loss_fn=None, l2=0.0, clipnorm=0.0,
-                 global_clipnorm=0.0):  # fmt: skip
+                 global_clipnorm=0.0, stages=None):  # fmt: skip
         self.strategy, self.model, self.optimizer, self.loss_fn = strategy, model, optimizer, loss_fn
+        self.stages = stages
         self.train_loss_fn = train_loss_fn or loss_fn
         self.l2, self.clipnorm, self.global_clipnorm = l2, clipnorm, global_clipnorm
         self.kernels = losses.kernels(model) if l2 else []
@@ -86,7 +90,7 @@ class Steps:
         with tf.GradientTape() as tape:
             # Under mixed precision the model computes in 16 bits; the loss
             # and the metrics are kept in float32.
-            predictions = tf.cast(model(features, training=True), tf.float32)
+            predictions = tf.cast((self.stages or model)(features, training=True), tf.float32)
             per_example = self.train_loss_fn(labels, predictions)
             loss = tf.nn.compute_average_loss(per_example)
             if model.losses:
@@ -96,7 +100,10 @@ class Steps:
             # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
             # its apply_gradients unscales the gradients again.
             scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
+        if self.stages:  # each gradient op on its stage's device
+            grads = self.stages.gradients(scaled, model.trainable_variables)
+        else:
+            grads = tape.gradient(scaled, model.trainable_variables)
         # With loss scaling an overflowing gradient is routine (the optimizer
         # lowers the scale and skips that update), so only the loss is checked.
         checked = [loss] if self.loss_scaled else grads
