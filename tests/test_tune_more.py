@@ -103,6 +103,53 @@ def test_lr_range_test_stops_on_divergence_and_suggests_a_rate_below_the_minimum
     assert "suggested optimizer.learning_rate" in proc.stdout
 
 
+# A tiny model on the digits: the cluster's start-up, not training, is the cost.
+TINY = ["--set", "model.params={hidden_units: [16], dropout: 0.0}", "--set", "train.steps_per_loop=4"]
+
+
+def _cluster(launcher_output: str) -> dict:
+    """Tasks per job of the cluster a launcher started (its first line)."""
+    line = next(line for line in launcher_output.splitlines() if line.startswith("[launch] cluster "))
+    return {job: len(addrs) for job, addrs in json.loads(line[len("[launch] cluster "):]).items()}
+
+
+@pytest.mark.slow
+def test_batch_size_trials_train_as_a_multi_worker_cluster(tmp_path):
+    work = tmp_path / "bs"
+    proc = tune("batch_size", "--config", ROOT / "configs" / "digits_mlp.yaml", "--workdir", work, *TINY,
+                "--set", "runtime.strategy=multi_worker_mirrored", "--num_workers", 2, "--min_batch", 32,
+                "--max_batch", 32, "--compare", 1, "--budget_seconds", 1, *FAST)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((work / "batch_size.json").read_text())
+    # Two workers of one replica each: a global batch of 32 is 16 per replica.
+    assert result["replicas"] == 2 and result["curve"][0]["per_replica"] == 16
+    assert result["curve"][0]["status"] == "ok" and result["curve"][0]["examples_per_sec"] > 0
+    ran = [e for e in result["equal_time"] if e["status"] == "ok"]
+    assert ran and ran[0]["steps"] > 0 and "accuracy" in ran[0]["validation"]
+    # Each trial ran as a cluster of two workers, and both finished (they agreed on every call).
+    logs = [p.read_text() for p in (work / "trials").glob("*/stderr.txt")]
+    assert len(logs) == 2 and all(_cluster(t) == {"worker": 2} and "job succeeded" in t for t in logs), logs[:1]
+
+
+@pytest.mark.slow
+def test_lr_range_test_runs_under_parameter_servers(tmp_path):
+    work = tmp_path / "lr"
+    proc = tune("lr", "--config", ROOT / "configs" / "digits_mlp.yaml", "--workdir", work, *TINY,
+                "--set", "runtime.strategy=parameter_server", "--num_workers", 1, "--num_ps", 1,
+                "--lr_steps", 30, "--lr_min", 1e-4, "--lr_max", 10)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((work / "lr.json").read_text())
+    assert len(result["points"]) >= 12 and result["suggested"] > 0
+    (log,) = [p.read_text() for p in (work / "trials").glob("*/stderr.txt")]
+    assert _cluster(log) == {"chief": 1, "worker": 1, "ps": 1} and "job succeeded" in log, log[-2000:]
+    assert "[ps 0] [tfpipe] parameter_server: ps:0 serving" in log
+    # The pipeline tuner measures one process: refused in one line.
+    proc = tune("pipeline", "--config", ROOT / "configs" / "digits_mlp.yaml", "--workdir", tmp_path / "p",
+                "--set", "runtime.strategy=parameter_server", timeout=120)
+    assert proc.returncode == 2 and "tunes the input of one process" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_search_space_mistakes_are_one_line_naming_the_key(tmp_path):
     space = tmp_path / "space.yaml"
     cases = [({"optimizer.learning_rate": {"log_uniform": [0, 1]}}, "optimizer.learning_rate: log_uniform: expected"),

@@ -109,7 +109,7 @@ def _replicas_line(batch: int, replicas: int) -> str:
 
 def tune(config, workdir, overrides=(), settings=None, log=_print, *, min_batch=8, max_batch=4096,
          memory_limit_mb=0, repeats=1, knee_fraction=0.9, compare=3, budget_seconds=10.0, lr_scale="auto",
-         warmup_fraction=0.1, eval_split="validation") -> dict:  # fmt: skip
+         warmup_fraction=0.1, eval_split="validation", cluster=(2, 1)) -> dict:  # fmt: skip
     """Measures the throughput curve over batch sizes and compares the best at equal wall time.
 
     Args:
@@ -132,6 +132,8 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, *, min_batch=
         eval_split: what the equal-time runs are judged on: `validation`, or
             `test` for configs without one (then the choice has seen the
             test split: say so when reporting it).
+        cluster: `(workers, ps)` processes per trial under multi_worker_mirrored
+            or parameter_server (`tfpipe.tune.trials.Runner`).
 
     Returns:
         The `batch_size.json` dict: `curve` (per size: `examples_per_sec`,
@@ -154,7 +156,7 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, *, min_batch=
     lr_scale = resolve_rule(lr_scale, cfg.optimizer.name)
     store = trials_lib.Store(workdir / "trials.json")
     runner = trials_lib.Runner(config, workdir, store, overrides, settings, log=lambda m: log(f"[tune] {m}"),
-                               memory_limit_mb=memory_limit_mb)
+                               memory_limit_mb=memory_limit_mb, cluster=cluster)
     # Replicas come from the strategy, known only once TF has set up devices:
     # the config's `logical_cpus` or the strategy name gives it without TF.
     replicas = cfg.runtime.logical_cpus if cfg.runtime.strategy == "mirrored" and cfg.runtime.logical_cpus else 1
@@ -299,7 +301,7 @@ def main(fl) -> int:
     """`scripts/tune.py batch_size`: see `tfpipe.tune.cli`."""
     from tfpipe.tune import cli  # pylint: disable=import-outside-toplevel
 
-    tune(fl.config, fl.workdir, fl.set, cli.settings(fl), min_batch=fl.min_batch, max_batch=fl.max_batch,
+    tune(fl.config, fl.workdir, fl.set, cli.settings(fl), cluster=cli.cluster(fl), min_batch=fl.min_batch, max_batch=fl.max_batch,
          memory_limit_mb=fl.memory_limit_mb, repeats=fl.repeats, knee_fraction=fl.knee, compare=fl.compare,
          budget_seconds=fl.budget_seconds, lr_scale=fl.lr_scale, warmup_fraction=fl.warmup_fraction,
          eval_split=fl.eval_split)

@@ -39,6 +39,9 @@ flags.DEFINE_float("warmup_seconds", 3.0, "Per trial: seconds dropped after the 
 flags.DEFINE_float("window_seconds", 2.0, "Per trial: length of each timed window.")
 flags.DEFINE_integer("windows", 3, "Per trial: timed windows; the run's figure is their median.", lower_bound=1)
 flags.DEFINE_integer("repeats", 2, "Runs (processes) of the starting config; their spread is the noise.", lower_bound=1)
+flags.DEFINE_integer("num_workers", 2, "Trials under multi_worker_mirrored or parameter_server: worker processes "
+                     "on 127.0.0.1 per trial (as scripts/launch_local.py).", lower_bound=1)
+flags.DEFINE_integer("num_ps", 1, "Trials under parameter_server: parameter-server processes per trial.", lower_bound=1)
 flags.DEFINE_float("trial_timeout", 600.0, "Seconds after which a trial's process is killed and the trial failed.")
 
 # ---- pipeline
@@ -133,6 +136,11 @@ def _sweep(fl) -> int:
 MODES = {"pipeline": _pipeline, "serving": _serving, "batch_size": _batch_size, "lr": _lr, "sweep": _sweep}
 # Flags a mode cannot run without (default: --config and --workdir).
 REQUIRED = {"serving": ("model_dir", "slo_p99_ms", "workdir"), "sweep": ("config", "workdir", "space")}
+
+
+def cluster(fl) -> tuple[int, int]:
+    """`(workers, ps)` of the localhost cluster a multi-process strategy's trials run as."""
+    return fl.num_workers, fl.num_ps
 
 
 def settings(fl):

@@ -68,7 +68,7 @@ def schedule_suggestion(cfg, rate: float) -> dict:
 
 
 def tune(config, workdir, overrides=(), settings=None, log=_print, *, lr_min=1e-6, lr_max=1.0, lr_steps=300,
-         smoothing=0.95, diverge_factor=4.0) -> dict:  # fmt: skip
+         smoothing=0.95, diverge_factor=4.0, cluster=(2, 1)) -> dict:  # fmt: skip
     """Runs the range test on `config` and suggests a learning rate and a schedule.
 
     Args:
@@ -80,6 +80,8 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, *, lr_min=1e-
         lr_min, lr_max, lr_steps: the exponential sweep.
         smoothing: the moving average's factor (0.95: about 20 steps).
         diverge_factor: stop when the smoothed loss passes this times its best.
+        cluster: `(workers, ps)` processes of the test under multi_worker_mirrored
+            or parameter_server (`tfpipe.tune.trials.Runner`).
 
     Returns:
         The `lr.json` dict: `points`, `stopped`, `suggested`, `min_loss_lr`,
@@ -99,7 +101,8 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, *, lr_min=1e-
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config_lib.load(config, list(overrides))
     store = trials_lib.Store(workdir / "trials.json")
-    runner = trials_lib.Runner(config, workdir, store, overrides, settings, log=lambda m: log(f"[tune] {m}"))
+    runner = trials_lib.Runner(config, workdir, store, overrides, settings, log=lambda m: log(f"[tune] {m}"),
+                               cluster=cluster)
     # One rate per step: the schedule must not move it too.
     probe = ["optimizer.schedule.name=constant", "optimizer.schedule.warmup=0"]
     rec = runner.run(probe, kind="lr_range", label="range test",
@@ -159,6 +162,6 @@ def main(fl) -> int:
     """`scripts/tune.py lr`: see `tfpipe.tune.cli`."""
     from tfpipe.tune import cli  # pylint: disable=import-outside-toplevel
 
-    tune(fl.config, fl.workdir, fl.set, cli.settings(fl), lr_min=fl.lr_min, lr_max=fl.lr_max,
+    tune(fl.config, fl.workdir, fl.set, cli.settings(fl), cluster=cli.cluster(fl), lr_min=fl.lr_min, lr_max=fl.lr_max,
          lr_steps=fl.lr_steps, smoothing=fl.smoothing, diverge_factor=fl.diverge_factor)
     return 0

@@ -194,9 +194,9 @@ def _in_graph(cfg, ctx):
     # Whenever the steps are deterministic: the split is read and preprocessed
     # once, and no step pays an iterator (clicks wide & deep: 213k vs 48k ex/s).
     # Whether it fits is the trial's to find: one over the RAM budget is rejected.
-    if (cfg.data.in_graph or cfg.data.service.address or cfg.data.padded_batch
-            or cfg.runtime.strategy not in ("default", "one_device", "mirrored")
-            or preprocess.split_at_first_random(cfg.data.map.steps)[1]):
+    d = cfg.data
+    if d.in_graph or preprocess.in_graph_blocker(d.map.steps, d.service.address, d.padded_batch,
+                                                  strategy=cfg.runtime.strategy):  # fmt: skip
         return []
     return [Candidate({"data.in_graph": True},
                       "hold the preprocessed split as tensors and gather each batch inside the step: the split is "
@@ -575,6 +575,13 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, **tuner_kwarg
     result["kept"], result["speedup"]
     ```
     """
+    strategy = config_lib.load(config, list(overrides)).runtime.strategy
+    if strategy in window.CLUSTER_STRATEGIES:
+        # Its CPU ceiling and profiled diagnosis measure one process.
+        raise config_lib.ConfigError(
+            f"pipeline: tunes the input of one process; runtime.strategy {strategy} runs several: tune with "
+            "--set runtime.strategy=default (the pipeline each worker runs is the same)"
+        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     store = trials_lib.Store(workdir / "trials.json")

@@ -204,11 +204,15 @@ class Sweep:
         objective: the `history.json` key optimized (each epoch's value is
             reported for pruning).
         log: progress lines.
+        cluster: `(workers, ps)`: a trial under multi_worker_mirrored or
+            parameter_server trains as a localhost cluster of that many
+            processes (`tfpipe launch_local`).
     """
 
     def __init__(self, config, workdir, space, overrides=(), n_trials=12, sampler="tpe", parallel=1, storage=None,
                  study_name=None, objective="val_accuracy", grid_points=3, prune_warmup_epochs=2,
-                 prune_startup_trials=3, seed=0, timeout=3600.0, log=_print):  # fmt: skip
+                 prune_startup_trials=3, seed=0, timeout=3600.0, log=_print, cluster=(2, 1)):  # fmt: skip
+        self.cluster = cluster
         import optuna  # pylint: disable=import-outside-toplevel
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -310,6 +314,11 @@ class Sweep:
         cmd = [sys.executable, "-m", "tfpipe", "train", "--config", self.config, "--workdir", str(tdir / "run")]
         for o in self.overrides + ov + ["checkpoint.every_epochs=1", "profile.enabled=false"]:
             cmd += ["--set", o]
+        strategy = config_lib.load(self.config, self.overrides + ov).runtime.strategy
+        if strategy in window.CLUSTER_STRATEGIES:  # the chief writes tdir/run, as a launched run does
+            workers, ps = self.cluster
+            ps_flag = ["--num_ps", str(ps)] if strategy == "parameter_server" else []
+            cmd = [sys.executable, "-m", "tfpipe", "launch_local", "--num_workers", str(workers), *ps_flag, "--", *cmd]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -586,7 +595,8 @@ def main(fl) -> int:
     """`scripts/tune.py sweep`: see `tfpipe.tune.cli`."""
     kwargs = dict(n_trials=fl.trials, sampler=fl.sampler, storage=fl.storage, study_name=fl.study,
                   objective=fl.objective, grid_points=fl.grid_points, prune_warmup_epochs=fl.prune_warmup_epochs,
-                  prune_startup_trials=fl.prune_startup_trials, seed=fl.seed, timeout=fl.trial_timeout)
+                  prune_startup_trials=fl.prune_startup_trials, seed=fl.seed, timeout=fl.trial_timeout,
+                  cluster=(fl.num_workers, fl.num_ps))
     if fl.parallel:
         kwargs["parallel"] = fl.parallel
     sweep(fl.config, fl.workdir, fl.space, fl.set, **kwargs)

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tfpipe.tune import window  # no TensorFlow at import: the children import it
+
 # Exit statuses a child ends with when the kernel kills it; SIGKILL is what
 # the out-of-memory killer sends.
 _SIGNALS = {-9: "killed (SIGKILL: out of memory?)", -11: "crashed (SIGSEGV)", -6: "aborted (SIGABRT)"}
@@ -62,8 +64,26 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` and all its descendants, in MiB (a cluster trial's processes)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss_mb(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", encoding="ascii") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def _watch(proc: subprocess.Popen, timeout: float, limit_mb: float) -> tuple[float, bool | None]:
     """Waits for `proc`; kills it past `timeout` or past `limit_mb` of resident memory.
+
+    Memory is that of `proc` and its descendants: a cluster trial's launcher
+    and every task it started.
 
     Returns:
         `(peak resident MB seen, over)`: over is True when the memory limit
@@ -72,8 +92,8 @@ def _watch(proc: subprocess.Popen, timeout: float, limit_mb: float) -> tuple[flo
     deadline = time.perf_counter() + timeout
     peak = 0.0
     while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
         if limit_mb:
-            peak = max(peak, rss_mb(proc.pid))
             if peak > limit_mb:
                 proc.kill()
                 proc.wait()
@@ -176,11 +196,17 @@ class Runner:
         base_overrides: `--set` overrides applied before every trial's own.
         settings: a `WindowSettings`.
         log: called with each progress line; default prints `[tune] ...`.
+        memory_limit_mb: a trial past this resident memory (all its processes)
+            is killed and recorded as out of memory; 0: no limit.
+        cluster: `(workers, ps)`: the localhost cluster a trial under
+            multi_worker_mirrored (`workers` processes) or parameter_server
+            (a chief, `workers` workers and `ps` parameter servers) runs as.
     """
 
     def __init__(self, config, workdir, store: Store, base_overrides: Sequence[str] = (),
                  settings: WindowSettings | None = None, log: Callable[[str], None] = _say,
-                 memory_limit_mb: float = 0):  # fmt: skip
+                 memory_limit_mb: float = 0, cluster: tuple[int, int] = (2, 1)):  # fmt: skip
+        self.cluster = cluster
         self.config = os.path.abspath(config)
         # A child whose resident memory passes this is killed with SIGKILL, as
         # the kernel's out-of-memory killer (or a cgroup limit) would, and the
@@ -198,6 +224,8 @@ class Runner:
                 "settings": dataclasses.asdict(self.settings), "run": index, "profile": profile}
         if extra:
             what["extra"] = extra
+        if _strategy(self.config, self.base_overrides + list(overrides)) in window.CLUSTER_STRATEGIES:
+            what["cluster"] = list(self.cluster)
         if self.memory_limit_mb:
             what["memory_limit_mb"] = self.memory_limit_mb
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
@@ -256,9 +284,16 @@ class Runner:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         start = time.perf_counter()
         stderr_path = child_dir / "stderr.txt"
+        command = [sys.executable, "-m", "tfpipe.tune.window", str(spec_path)]
+        clustered = _strategy(self.config, spec["overrides"]) in window.CLUSTER_STRATEGIES
+        if clustered:  # one process per task, on 127.0.0.1 (tfpipe.distribute.launch)
+            workers, ps = self.cluster
+            ps_flag = ["--num_ps", str(ps)] if _strategy(self.config, spec["overrides"]) == "parameter_server" else []
+            command = [sys.executable, "-m", "tfpipe", "launch_local", "--num_workers", str(workers), *ps_flag,
+                       "--", *command]
         with open(stderr_path, "w", encoding="utf-8") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "tfpipe.tune.window", str(spec_path)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=err)
+            # A cluster's launcher prints its tasks' output (errors included) on stdout.
+            proc = subprocess.Popen(command, env=env, stdout=err if clustered else subprocess.DEVNULL, stderr=err)
             peak, over = _watch(proc, s.timeout_seconds, self.memory_limit_mb)
         stderr = stderr_path.read_text(encoding="utf-8", errors="replace")
         if over is None:
@@ -275,8 +310,9 @@ class Runner:
             oom = proc.returncode == -9 or any(m in stderr for m in _OOM_MARKS)
             return {"status": "oom" if oom else "failed", "returncode": proc.returncode, "seconds": seconds, "error": error}
         result = json.loads(out.read_text(encoding="utf-8"))
+        # A cluster's memory is all its processes' (sampled); one process reports its own peak.
         record = {"status": "ok", "returncode": 0, "seconds": seconds, "error": "", "result": result,
-                  "peak_rss_mb": result.get("peak_rss_mb")}
+                  "peak_rss_mb": round(peak, 1) if clustered else result.get("peak_rss_mb")}
         if kind == "train":
             windows = result["windows"]
             eps = statistics.median(w["examples_per_sec"] for w in windows)
@@ -339,6 +375,12 @@ class Runner:
 def _spread(values) -> float:
     values = list(values)
     return (max(values) - min(values)) / statistics.median(values) if values else 0.0
+
+
+def _strategy(config, overrides) -> str:
+    from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    return config_lib.load(config, overrides).runtime.strategy
 
 
 def _batch_size(config, overrides) -> int:

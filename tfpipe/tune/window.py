@@ -7,6 +7,16 @@ graphs. SPEC is a JSON file: `{"config", "overrides", "workdir", "kind",
 "warmup_seconds", "window_seconds", "windows", "out"}`; the child writes its
 result as JSON to `out`.
 
+Under `multi_worker_mirrored` and `parameter_server` the parent starts the
+child once per task of a localhost cluster (`tfpipe.distribute.launch`,
+`Runner(cluster=...)`), so a trial trains as the run would. Every timing
+decision (warm-up over, window full, calls per step of the budget, stop
+of the range test) is the chief's, sent to every worker with one small
+all-reduce, so all workers run the same calls; under parameter_server only
+the chief (the coordinator) runs this program, the ps and worker tasks
+serve, and a sync is `ClusterCoordinator.join()`. Only the chief writes
+`out`. The `ceiling` kind measures one process and is refused there.
+
 Kinds (a plain dict, `KINDS`):
 
 - `train`: tfpipe's own training step (`tfpipe.train.steps.Steps`, the same
@@ -39,6 +49,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Strategies whose trial runs as several processes (the parent launches them).
+CLUSTER_STRATEGIES = ("multi_worker_mirrored", "parameter_server")
 
 
 def cores() -> int:
@@ -78,14 +91,16 @@ def _trainer(cfg):
     from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
     from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
     from tfpipe.profile import trace  # pylint: disable=import-outside-toplevel
-    from tfpipe.train import custom, faults, inputs, losses, recipes, schedules  # pylint: disable=import-outside-toplevel
+    from tfpipe.train import custom, faults, inputs, losses, placement, recipes, schedules  # pylint: disable=import-outside-toplevel
     from tfpipe.train.steps import Metrics, Steps  # pylint: disable=import-outside-toplevel
 
     strategies.configure_devices(cfg.runtime)
+    strategies.serve_parameter_server_task(cfg.runtime)  # ps/worker tasks block here, as in training
     keras.utils.set_random_seed(cfg.runtime.seed)
     strategy = strategies.make_strategy(cfg.runtime)
-    if strategies.is_parameter_server(strategy):
-        raise ValueError("runtime.strategy: parameter_server trials are not supported; tune with default or mirrored")
+    coordinator = (
+        tf.distribute.coordinator.ClusterCoordinator(strategy) if strategies.is_parameter_server(strategy) else None
+    )
     batch = cfg.train.batch_size
     strategies.check_batch(batch, strategy)
     train_source = sources.load(cfg.data, "train")
@@ -93,7 +108,10 @@ def _trainer(cfg):
     # Stamped batches, as the loop builds them: the input-wait timer reads the stamps.
     stamp = cfg.profile.measure_input_wait
     mode = cfg.checkpoint.input if not cfg.data.service.address else "replay"
-    train_data = inputs.from_config(cfg, strategy, batch, steps_per_epoch, mode, stamp)
+    if coordinator:  # one pipeline per worker, as the loop builds it
+        train_data = strategies.PerWorkerInput(coordinator, lambda: pipeline.build(cfg.data, "train", batch))
+    else:
+        train_data = inputs.from_config(cfg, strategy, batch, steps_per_epoch, mode, stamp)
     features_spec, labels_spec = pipeline.build(cfg.data, "train", batch, training=False).element_spec
     cfg = custom.resolve_loss(cfg, labels_spec)  # model.loss: auto -> sparse or categorical, as the loop does
     lr = strategies.learning_rate(cfg.optimizer.learning_rate, cfg.runtime, strategy)
@@ -101,6 +119,9 @@ def _trainer(cfg):
         input_shape = tf.nest.map_structure(lambda spec: spec.shape[1:], features_spec)
         with strategies.precision_policy(cfg.runtime):
             model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
+        stages = None
+        if cfg.runtime.placement.devices:  # as the loop splits it
+            model, stages = placement.split(model, cfg.runtime.placement)
         # The run's schedule, as the loop builds it (a trial's window sees its first steps).
         total = steps_per_epoch * cfg.train.epochs
         optimizer, _ = schedules.build_optimizer(cfg, lr, steps_per_epoch, total)
@@ -114,13 +135,49 @@ def _trainer(cfg):
         strategy, model, optimizer, keras.losses.get(cfg.model.loss), train_metrics, eval_metrics,
         faults.NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_skipped_steps),
         trace.InputWaitTimer(cfg.profile.measure_input_wait), step, train_data,
-        jit_compile=cfg.runtime.jit_compile, l2=cfg.model.l2, clipnorm=cfg.optimizer.clipnorm,
-        global_clipnorm=cfg.optimizer.global_clipnorm,
+        coordinator=coordinator, jit_compile=cfg.runtime.jit_compile, l2=cfg.model.l2, clipnorm=cfg.optimizer.clipnorm,
+        global_clipnorm=cfg.optimizer.global_clipnorm, stages=stages,
         train_loss_fn=losses.from_config(cfg, train_source.num_classes,
                                          pipeline.build(cfg.data, "train", batch, training=False), log=lambda _: None),
     )  # fmt: skip
     train_data.start(0)
     return steps, steps_per_epoch
+
+
+def _sync(steps, results) -> float:
+    """Waits for the calls queued so far; returns the loss (the first metric)."""
+    if steps.coordinator is not None:  # parameter_server: scheduled closures run on the workers
+        steps.coordinator.join()
+        results = steps.train_metrics.results()
+    return float(results[0])
+
+
+def _one_call(steps, n: int) -> float:
+    """`n` training steps in one call, waited for; the loss."""
+    if steps.coordinator is not None:
+        return _sync(steps, steps.schedule_call(n, False))
+    return _sync(steps, steps.train_call(n))
+
+
+def _chief_says(steps, value: float) -> float:
+    """The chief's `value`, on every task: timing decisions must be the same everywhere.
+
+    Under multi_worker_mirrored each worker runs this program and its calls
+    are collective, so all must make the same calls: one all-reduce where
+    only the first replica (the chief's) adds its value. Elsewhere `value`.
+    Every task must call this at the same points.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    strategy = steps.strategy
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return value
+
+    def mine():
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        return tf.where(first, tf.constant(value, tf.float64), tf.constant(0.0, tf.float64))
+
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(mine), axis=None))
 
 
 class _Calls:
@@ -134,7 +191,9 @@ class _Calls:
     def __call__(self):
         epoch_end = (self.current // self.steps_per_epoch + 1) * self.steps_per_epoch
         n = min(self.cfg.train.steps_per_loop, epoch_end - self.current)
-        if self.profiler:
+        if self.steps.coordinator is not None:  # parameter_server: queued for whichever worker is free
+            results = self.steps.schedule_call(n, False)
+        elif self.profiler:
             results = self.profiler.call(self.steps.train_call, self.current, n)
         else:
             results = self.steps.train_call(n)
@@ -154,35 +213,37 @@ def _loop_windows(steps, steps_per_epoch, cfg, spec, warmup_steps_at_least=0, pr
     clock = _Clock()
     clock.start()
     results, _ = call()
-    float(results[0])  # the first call traces and compiles
+    _sync(steps, results)  # the first call traces and compiles
     compile_seconds, _ = clock.stop()
     clock.start()
-    while clock.stop()[0] < spec["warmup_seconds"] or call.current < warmup_steps_at_least:
+    warm_calls = 0
+    while _chief_says(steps, clock.stop()[0] < spec["warmup_seconds"] or call.current < warmup_steps_at_least):
         results, _ = call()
-        float(results[0])
+        _sync(steps, results)
+        warm_calls += 1
     warmup_seconds, _ = clock.stop()
+    # Calls are queued without reading results (as the loop does between
+    # progress-bar redraws), with one read per about 0.2 s of calls; the
+    # window's end is checked there, at the same calls on every task.
+    every = int(_chief_says(steps, max(1, round(0.2 * warm_calls / max(warmup_seconds, 1e-6)))))
     windows = []
     for _ in range(spec["windows"]):
         clock.start()
-        done = 0
-        # Calls are queued without reading results (as the loop does between
-        # progress-bar redraws); one read per 0.2 s keeps the window bounded.
-        last_sync = time.perf_counter()
+        done = calls = 0
         while True:
             results, n = call()
             done += n
-            if time.perf_counter() - last_sync > 0.2:
-                float(results[0])
-                last_sync = time.perf_counter()
-                if clock.stop()[0] >= spec["window_seconds"]:
+            calls += 1
+            if calls % every == 0:
+                _sync(steps, results)
+                if _chief_says(steps, clock.stop()[0] >= spec["window_seconds"]):
                     break
-        float(results[0])
         wall, cpu = clock.stop()
         examples = done * cfg.train.batch_size
         windows.append({"steps": done, "seconds": round(wall, 4), "examples_per_sec": round(examples / wall, 2),
                         "cpu_sec_per_example": cpu / examples})
     out = {"compile_seconds": round(compile_seconds, 3), "warmup_seconds": round(warmup_seconds, 3),
-           "windows": windows, "final_loss": float(results[0])}
+           "windows": windows, "final_loss": _sync(steps, results)}
     if profile_dir is not None:
         out["report"] = _profile(call, profile_dir)
     return out
@@ -218,12 +279,18 @@ def _profile(call: _Calls, profile_dir) -> dict | None:
     return report
 
 
+def _one_process(cfg) -> bool:
+    return cfg.runtime.strategy not in CLUSTER_STRATEGIES
+
+
 def _train(cfg, spec) -> dict:
     steps, steps_per_epoch = _trainer(cfg)
     # A cache fills during the first epoch: that epoch is warm-up, the
     # steady state is what the remaining epochs see.
     fill = steps_per_epoch + 1 if cfg.data.cache else 0
-    profile_dir = os.path.join(spec["workdir"], "profile") if spec.get("profile") else None
+    # The profiled window is one process's (the pipeline tuner's diagnosis):
+    # not under a cluster, where its calls would differ from task to task.
+    profile_dir = os.path.join(spec["workdir"], "profile") if spec.get("profile") and _one_process(cfg) else None
     out = _loop_windows(steps, steps_per_epoch, cfg, spec, warmup_steps_at_least=fill, profile_dir=profile_dir)
     if fill:
         out["cache_fill_seconds"] = out["warmup_seconds"]
@@ -284,6 +351,9 @@ def _median(windows, key):
 
 
 def _ceiling(cfg, spec) -> dict:
+    if not _one_process(cfg):
+        raise ValueError(f"ceiling: measures one process (input alone, model alone); runtime.strategy "
+                         f"{cfg.runtime.strategy} runs several: measure it under default or mirrored")
     # Both halves in one process, input first: the model half's TensorFlow
     # runtime would otherwise keep threads busy while the input is timed.
     inp = _input_alone(cfg, spec)
@@ -308,6 +378,8 @@ def _validation(cfg, steps, split="validation"):
     from tfpipe.data import pipeline  # pylint: disable=import-outside-toplevel
 
     batch = cfg.train.batch_size
+    if steps.coordinator is not None:  # the coordinator evaluates inline, as the loop does
+        return pipeline.build(cfg.data, split, batch, training=False)
     return steps.strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.build(cfg.data, split, batch, ctx, training=False))
 
@@ -336,17 +408,18 @@ def _budget(cfg, spec) -> dict:
     marks = [budget * (i + 1) / spec.get("checkpoints", 4) for i in range(spec.get("checkpoints", 4))]
     clock = _Clock()
     clock.start()
-    float(steps.train_call(1)[0])
+    _one_call(steps, 1)
     compile_seconds, _ = clock.stop()
     trained, done, per_call, curve = 0.0, 1, 1, []
     while marks:
         start = time.perf_counter()
-        results = steps.train_call(per_call)
-        float(results[0])
+        _one_call(steps, per_call)
         took = time.perf_counter() - start
-        trained += took
+        # The chief's clock, on every task (the same calls everywhere).
+        trained += _chief_says(steps, took)
         done += per_call
         per_call = max(1, min(int(per_call * 0.2 / max(took, 1e-4)), 4 * per_call, steps_per_epoch))
+        per_call = int(_chief_says(steps, per_call))
         if trained >= marks[0]:
             marks.pop(0)
             curve.append({"seconds": round(trained, 3), "steps": done, **steps.evaluate(val)})
@@ -388,7 +461,8 @@ def _lr_range(cfg, spec) -> dict:
         rate = lo * (hi / lo) ** (i / max(n - 1, 1))
         opt.learning_rate.assign(rate * scale)
         steps.train_metrics.reset()
-        loss = float(steps.train_call(1)[0])
+        # The chief's loss on every task: the same stop everywhere.
+        loss = _chief_says(steps, _one_call(steps, 1))
         if not math.isfinite(loss):
             stop = f"loss not finite at rate {rate:.3g}"
             break
@@ -426,6 +500,10 @@ def main(spec_path: str) -> int:
     cfg = config_lib.load(spec["config"], spec["overrides"])
     os.makedirs(spec["workdir"], exist_ok=True)
     result = KINDS[spec["kind"]](cfg, spec)
+    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
+
+    if not strategies.current_task().is_chief:  # a cluster's other workers: the chief reports
+        return 0
     result["peak_rss_mb"] = peak_rss_mb()
     tmp = spec["out"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
