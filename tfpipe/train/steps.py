@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfpipe.distribute import sharding
 from tfpipe.train import losses
 from tfpipe.train.metrics import _ACCURACY, Metrics  # noqa: F401  # re-exported: tfpipe.tune and custom use them
 
@@ -96,7 +97,9 @@ class Steps:
             # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
             # its apply_gradients unscales the gradients again.
             scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
+        # A sharded variable (runtime.variable_partitioner) is differentiated
+        # shard by shard: tape.gradient cannot take the ShardedVariable itself.
+        grads = tape.gradient(scaled, sharding.train_variables(model))
         # With loss scaling an overflowing gradient is routine (the optimizer
         # lowers the scale and skips that update), so only the loss is checked.
         checked = [loss] if self.loss_scaled else grads
@@ -135,7 +138,7 @@ class Steps:
     def _apply_step(self, grads, outputs):
         if self.clipnorm or self.global_clipnorm:
             grads = self._clip(grads)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, sharding.train_variables(self.model)))
         self.train_metrics.update(*outputs)
 
     def _train_step(self, iterator, index, done, verdict):
