@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 
 from tfpipe import importpath
-from tfpipe.models import cnn, features, mlp, resnet, wide_deep  # noqa: F401  # features: shared checks
+from tfpipe.models import cnn, features, layers, mlp, resnet, wide_deep  # noqa: F401  # features: shared checks; layers: for builders
 
 # Dispatch by plain dict: add a model by adding a line here.
 MODELS = {

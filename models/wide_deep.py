@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfpipe.models import features
+from tfpipe.models.layers import ShardableEmbedding
 
 
 def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: int = 8, hidden_units=(128, 64),
@@ -13,6 +14,9 @@ def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: in
 
     `input_shape` is a dict: `numeric` [N] floats, `categorical` [M] ids in
     [0, num_bins) per column (the `hash_columns` and `pack` steps make them).
+    The two tables have `num_bins` rows per column: with the clicks data's
+    26 columns, `num_bins: 40000` and `embedding_dim: 16` make a deep table
+    of 1,040,000 x 16 (give `hash_columns` the same `num_bins`).
     Two classes give one sigmoid output (binary cross-entropy); more a softmax;
     none (num_classes 0, model.loss mse/mae) one linear output.
     """
@@ -30,9 +34,12 @@ def build(input_shape, num_classes: int, num_bins: int = 1000, embedding_dim: in
     ids = categorical + offsets
     # Two classes: one sigmoid unit; none (regression targets): one linear unit.
     units = 1 if num_classes in (0, 2) else num_classes
-    wide = ops.sum(keras.layers.Embedding(n_cat * num_bins, units, name="wide")(ids), axis=1)
+    # ShardableEmbedding: keras Embedding's table and outputs, but a lookup that
+    # reads only the asked-for rows when runtime.variable_partitioner splits
+    # the table across parameter servers (num_bins * columns rows each).
+    wide = ops.sum(ShardableEmbedding(n_cat * num_bins, units, name="wide")(ids), axis=1)
     wide = wide + keras.layers.Dense(units, name="wide_numeric")(numeric)
-    emb = keras.layers.Embedding(n_cat * num_bins, embedding_dim, name="deep_embedding")(ids)
+    emb = ShardableEmbedding(n_cat * num_bins, embedding_dim, name="deep_embedding")(ids)
     x = keras.layers.Concatenate()([keras.layers.Flatten()(emb), numeric])
     for u in hidden_units:
         x = keras.layers.Dense(u, activation="relu")(x)

@@ -442,6 +442,28 @@ class PlacementConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VariablePartitionerConfig:
+    """How parameter_server splits large variables (embedding tables) across the ps tasks.
+
+    Each variable the partitioner splits becomes a `ShardedVariable` whose
+    shards sit on different ps tasks, so a table larger than one server's
+    memory fits, and lookups (`tfpipe.models.layers.ShardableEmbedding`) read
+    only the rows a batch asks for. See README, "Model parallelism".
+    """
+
+    # none: every variable whole, on one ps (round-robin); min_size: split a
+    # variable only into shards of at least min_shard_bytes (small ones stay
+    # whole); fixed: every variable into num_shards shards, however small.
+    kind: str = _field("none", choices=("none", "min_size", "fixed"))
+    # min_size: the smallest shard; variables smaller than twice this stay whole.
+    min_shard_bytes: int = _field(256 << 10, min=1)
+    # min_size: at most this many shards per variable (0 = one per ps task).
+    max_shards: int = _field(0, min=0)
+    # fixed: shards per variable (0 = one per ps task).
+    num_shards: int = _field(0, min=0)
+
+
+@dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     strategy: str = _field(
         "default",
@@ -460,7 +482,7 @@ class RuntimeConfig:
     # Compile the forward and backward pass of each step with XLA.
     jit_compile: bool = False
     # Model parallelism inside one replica: stages of the model on devices.
-    placement: PlacementConfig = dataclasses.field(default_factory=PlacementConfig)
+    placement: PlacementConfig = _section(PlacementConfig)
     # Split the host CPU into this many logical devices (0 = leave as is), so
     # that a multi-replica strategy can be tried on a machine without GPUs.
     logical_cpus: int = _field(0, min=0)
@@ -474,6 +496,8 @@ class RuntimeConfig:
     inter_op_threads: int = _field(0, min=0)
     intra_op_threads: int = _field(0, min=0)
     seed: int = 0
+    # parameter_server only: split large variables across the ps tasks.
+    variable_partitioner: VariablePartitionerConfig = _section(VariablePartitionerConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -822,6 +846,10 @@ def _check_cross_field(cfg: Config, where: str):
         raise ConfigError(
             f"{where}: runtime.inter_op_threads: 1 hangs the parameter_server coordinator (TensorFlow 2.21); "
             "expected 0 (TensorFlow's choice) or at least 2"
+    if cfg.runtime.variable_partitioner.kind != "none" and cfg.runtime.strategy != "parameter_server":
+        raise ConfigError(
+            f"{where}: runtime.variable_partitioner.kind: {cfg.runtime.variable_partitioner.kind!r} splits variables "
+            f"across parameter servers and needs runtime.strategy: parameter_server, got {cfg.runtime.strategy!r}"
         )
     _check_recipes(cfg, where)
     # Checked here rather than at build time so a typo fails before training starts.

@@ -276,7 +276,25 @@ def _parameter_server(runtime_cfg):
             "(serve_parameter_server_task runs it)"
         )
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    return tf.distribute.ParameterServerStrategy(resolver)
+    partitioner = variable_partitioner(runtime_cfg.variable_partitioner, len(task.cluster["ps"]))
+    return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def variable_partitioner(partition_cfg, num_ps: int):
+    """The partitioner `runtime.variable_partitioner` names, None for `kind: none`.
+
+    Variables created in the strategy's scope that the partitioner splits
+    become `ShardedVariable`s, their shards spread over the ps tasks
+    (tfpipe/distribute/sharding.py says what training does with them).
+    """
+    partitioners = tf.distribute.experimental.partitioners
+    if partition_cfg.kind == "min_size":
+        return partitioners.MinSizePartitioner(
+            min_shard_bytes=partition_cfg.min_shard_bytes, max_shards=partition_cfg.max_shards or num_ps
+        )
+    if partition_cfg.kind == "fixed":
+        return partitioners.FixedShardsPartitioner(num_shards=partition_cfg.num_shards or num_ps)
+    return None
 
 
 def _tpu(runtime_cfg):
@@ -336,7 +354,13 @@ class PerWorkerInput:
     trackables: dict = {}
 
     def __init__(self, coordinator, dataset_fn):
-        self.iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
+        # The coordinator traces dataset_fn as a tf.function. Without autograph:
+        # building the pipeline is plain Python (counting a CSV source's lines
+        # among it), and autograph's rewrite of that loop failed
+        # ("NameError: name 'chunk' is not defined", clicks CSV, TF 2.21).
+        # The pipeline's own map functions are traced by tf.data, autograph on.
+        fn = tf.function(dataset_fn, autograph=False)
+        self.iterator = iter(coordinator.create_per_worker_dataset(fn))
 
     def start(self, step: int, restored: str | None = None) -> None:  # pylint: disable=unused-argument
         """Nothing to position: see the class docstring."""

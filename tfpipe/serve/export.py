@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from tfpipe import config as config_lib
 from tfpipe.data import pipeline, preprocess, sources
+from tfpipe.distribute import sharding
 
 # Steps a server must not run: they act on labels or drop rows.
 SKIPPED_OPS = frozenset({"one_hot", "binary_label", "drop_missing"})
@@ -148,6 +149,12 @@ def export(model: keras.Model, cfg: config_lib.Config, base_dir, version: int | 
     """
     base = Path(base_dir)
     version = next_version(base) if version is None else version
+    if sharding.any_sharded(model):
+        # runtime.variable_partitioner: the shards are gathered into whole,
+        # local variables first, so a server loads a plain SavedModel that
+        # needs no ps task (ShardedVariable's docstring, TF 2.21: a SavedModel
+        # holding one cannot be loaded back with tf.saved_model.load).
+        model = sharding.unsharded_copy(model)
     raw = raw_spec(cfg.data)
     # serving_steps is cached per process (pipeline._STATS_CACHE), so the
     # graph and the steps file below get the same statistics.

@@ -233,7 +233,13 @@ def compiled_copy(model, cfg, strategy, features_spec=None):
             {"class_name": cfg.optimizer.name, "config": {"learning_rate": cfg.optimizer.learning_rate}}
         )
 
+    from tfpipe.distribute import sharding  # pylint: disable=import-outside-toplevel
+
     try:
+        if sharding.any_sharded(model):  # runtime.variable_partitioner: the copy gathers the shards
+            copy = sharding.unsharded_copy(model)
+            compiled(copy, fresh()).optimizer.build(copy.trainable_variables)
+            return copy
         with strategy.scope():
             copy = keras.models.clone_model(model)
             copy.set_weights(model.get_weights())

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tfpipe.train import checkpoints
 from tfpipe import config as config_lib
 from tfpipe import logs
-from tfpipe.distribute import strategies
+from tfpipe.distribute import sharding, strategies
 from tfpipe.train import faults
 from tfpipe.profile import trace
 from tfpipe.train import inputs
@@ -117,6 +117,10 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
 
     eval_splits = [split for split in ("validation", "test") if sources.load(cfg.data, split).num_examples > 0]
     if coordinator:
+        # The statistics of `normalize` steps are computed here, eagerly, and
+        # cached: inside the per-worker dataset function (a tf.function) that
+        # pass over the training data cannot run.
+        pipeline.resolve_stats(cfg.data)
         train_data = strategies.PerWorkerInput(coordinator, lambda: pipeline.build(cfg.data, "train", global_batch))
         # The coordinator evaluates inline, reading the variables from the ps tasks.
         eval_datasets = {split: pipeline.build(cfg.data, split, global_batch, training=False) for split in eval_splits}
@@ -170,7 +174,8 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         )  # fmt: skip
         optimizer = strategies.wrap_optimizer(optimizer, cfg.runtime)
         # Build the slots now so a checkpoint restores into existing variables.
-        optimizer.build(model.trainable_variables)
+        # A sharded variable gets one set of slots per shard, beside it on its ps.
+        optimizer.build(sharding.train_variables(model))
         try:
             train_metrics = Metrics(cfg.model.loss, "train", metric_names, train_source.num_classes)
             eval_metrics = Metrics(cfg.model.loss, "eval", metric_names, train_source.num_classes)
@@ -216,6 +221,19 @@ def run(cfg: config_lib.Config, workdir: str | os.PathLike, model=None) -> resul
         model=model, optimizer=optimizer, random=checkpoints.random_state(model),
         optional=recipe_state, **train_data.trackables,
     )  # fmt: skip
+    # runtime.variable_partitioner: say where the shards went, make them
+    # checkpointable, and refuse checkpoints written with another split
+    # (tfpipe/distribute/sharding.py).
+    shard_layout = sharding.layout(model)
+    if shard_layout:
+        sharding.make_checkpointable(model.variables)
+        _say(f"runtime.variable_partitioner: {sharding.describe(shard_layout)}")
+    try:
+        sharding.check_layout(workdir / "checkpoints", shard_layout, bool(checkpointer.candidates()))
+    except ValueError as e:
+        raise checkpoints.CheckpointError(str(e)) from None
+    if shard_layout:
+        sharding.write_layout(outdir / "checkpoints", shard_layout)
     restored = checkpointer.restore()
     stopped = bool(stopper and stopper.stopped)  # an early-stopped run is not trained on
     if (int(step) >= total_steps or stopped) and (workdir / "metrics.json").exists():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfpipe.distribute import sharding
 from tfpipe.train import losses
 from tfpipe.train.metrics import _ACCURACY, Metrics  # noqa: F401  # re-exported: tfpipe.tune and custom use them
 
@@ -100,10 +101,12 @@ class Steps:
             # Identity unless a LossScaleOptimizer (mixed_float16) scales it;
             # its apply_gradients unscales the gradients again.
             scaled = optimizer.scale_loss(loss)
-        if self.stages:  # each gradient op on its stage's device
+        # A sharded variable (runtime.variable_partitioner) is differentiated
+        # shard by shard: tape.gradient cannot take the ShardedVariable itself.
+        if self.stages:  # runtime.placement: each gradient op on its stage's device
             grads = self.stages.gradients(scaled, model.trainable_variables)
         else:
-            grads = tape.gradient(scaled, model.trainable_variables)
+            grads = tape.gradient(scaled, sharding.train_variables(model))
         # With loss scaling an overflowing gradient is routine (the optimizer
         # lowers the scale and skips that update), so only the loss is checked.
         checked = [loss] if self.loss_scaled else grads
@@ -142,7 +145,7 @@ class Steps:
     def _apply_step(self, grads, outputs):
         if self.clipnorm or self.global_clipnorm:
             grads = self._clip(grads)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, sharding.train_variables(self.model)))
         self.train_metrics.update(*outputs)
 
     def _train_step(self, iterator, index, done, verdict):

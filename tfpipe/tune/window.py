@@ -89,7 +89,7 @@ def _trainer(cfg):
 
     from tfpipe import models  # pylint: disable=import-outside-toplevel
     from tfpipe.data import pipeline, sources  # pylint: disable=import-outside-toplevel
-    from tfpipe.distribute import strategies  # pylint: disable=import-outside-toplevel
+    from tfpipe.distribute import sharding, strategies  # pylint: disable=import-outside-toplevel
     from tfpipe.profile import trace  # pylint: disable=import-outside-toplevel
     from tfpipe.train import custom, faults, inputs, losses, placement, recipes, schedules  # pylint: disable=import-outside-toplevel
     from tfpipe.train.steps import Metrics, Steps  # pylint: disable=import-outside-toplevel
@@ -108,7 +108,8 @@ def _trainer(cfg):
     # Stamped batches, as the loop builds them: the input-wait timer reads the stamps.
     stamp = cfg.profile.measure_input_wait
     mode = cfg.checkpoint.input if not cfg.data.service.address else "replay"
-    if coordinator:  # one pipeline per worker, as the loop builds it
+    if coordinator:  # one pipeline per worker, as the loop builds it (statistics first, eagerly)
+        pipeline.resolve_stats(cfg.data)
         train_data = strategies.PerWorkerInput(coordinator, lambda: pipeline.build(cfg.data, "train", batch))
     else:
         train_data = inputs.from_config(cfg, strategy, batch, steps_per_epoch, mode, stamp)
@@ -126,7 +127,7 @@ def _trainer(cfg):
         total = steps_per_epoch * cfg.train.epochs
         optimizer, _ = schedules.build_optimizer(cfg, lr, steps_per_epoch, total)
         optimizer = strategies.wrap_optimizer(optimizer, cfg.runtime)
-        optimizer.build(model.trainable_variables)
+        optimizer.build(sharding.train_variables(model))  # a sharded variable's slots sit by each shard
         names = recipes.metric_names(cfg.train, cfg.model.loss)
         train_metrics = Metrics(cfg.model.loss, "train", names, train_source.num_classes)
         eval_metrics = Metrics(cfg.model.loss, "eval", names, train_source.num_classes)
