@@ -119,6 +119,8 @@ def test_clicks_wide_deep_with_a_million_row_table_on_two_ps(tmp_path):
     metrics = json.loads((tmp_path / "ps" / "metrics.json").read_text())
     assert metrics["steps"] == 100
     assert abs(metrics["accuracy"] - whole["accuracy"]) <= 0.01, (metrics["accuracy"], whole["accuracy"])
+    # Accuracy alone sits near the majority class here; the loss says both learned alike.
+    assert abs(metrics["loss"] - whole["loss"]) <= 0.03, (metrics["loss"], whole["loss"])
 
     # The serving export is plain (whole tables, no ps) and predicts what model.keras does.
     from tfpipe.serve import export as serve_export  # pylint: disable=import-outside-toplevel
@@ -135,6 +137,15 @@ def test_clicks_wide_deep_with_a_million_row_table_on_two_ps(tmp_path):
     np.testing.assert_allclose(served.numpy(), model(prep({k: tf.constant(v) for k, v in raw.items()})).numpy(),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
+    # The gathered table is the one the shards held: the export against the checkpoint of the same step.
+    ckpt = tf.train.latest_checkpoint(str(tmp_path / "ps" / "checkpoints"))
+    assert ckpt.endswith("ckpt-100"), ckpt
+    (key,) = [k for k, shape in tf.train.list_variables(ckpt) if shape == [1_040_000, 16] and "optimizer" not in k]
+    (served_key,) = [k for k, shape in tf.train.list_variables(str(exported / "variables" / "variables"))
+                     if shape == [1_040_000, 16]]
+    np.testing.assert_array_equal(tf.train.load_checkpoint(ckpt).get_tensor(key),
+                                  tf.train.load_checkpoint(str(exported / "variables" / "variables")).get_tensor(served_key))
+
     # Resume: one more epoch from the checkpoint of step 100, same split.
     out = _launch(["--num_workers", "2", "--num_ps", "2", *train, *common, *sharded, "--set", "train.epochs=3"])
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
@@ -148,3 +159,15 @@ def test_clicks_wide_deep_with_a_million_row_table_on_two_ps(tmp_path):
     with pytest.raises(ValueError) as e:
         sharding.check_layout(tmp_path / "ps" / "checkpoints", {}, has_checkpoint=True)
     assert "rows 520000+520000" in str(e.value) and "nothing sharded" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_sharded_run_refuses_checkpoints_written_unsharded(tmp_path):
+    from tfpipe.distribute import sharding  # pylint: disable=import-outside-toplevel
+
+    layout = {"t/embeddings": {"shape": [10, 4], "shards": [{"shape": [5, 4], "device": "/job:ps/task:0"},
+                                                             {"shape": [5, 4], "device": "/job:ps/task:1"}]}}
+    sharding.check_layout(tmp_path, layout, has_checkpoint=False)  # a fresh run
+    sharding.check_layout(tmp_path, {}, has_checkpoint=True)  # unsharded, as its checkpoints were
+    # Checkpoints without the record were written with nothing sharded.
+    with pytest.raises(ValueError, match=r"split as \[nothing sharded\], this run splits them as \[t/embeddings rows 5\+5\]"):
+        sharding.check_layout(tmp_path, layout, has_checkpoint=True)

@@ -2,7 +2,6 @@
 arithmetic, mixed precision and XLA running real steps (two logical CPUs)."""
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,8 +11,6 @@ import tensorflow as tf
 import tfpipe
 from tfpipe import config as config_lib
 from tfpipe.distribute import strategies
-
-DIGITS = str(Path(__file__).parents[1] / "configs" / "digits_mlp.yaml")
 
 
 def runtime(**kw):
@@ -60,14 +57,6 @@ def test_tpu_without_tpu_names_what_is_missing():
 def test_parameter_server_without_cluster_says_what_to_run():
     with pytest.raises(strategies.StrategyError, match=r"needs TF_CONFIG with 'chief', 'worker' and 'ps'.*launch_local.py"):
         strategies.make_strategy(runtime(strategy="parameter_server"))
-
-
-def test_one_inter_op_thread_under_parameter_servers_is_refused_at_load():
-    with pytest.raises(tfpipe.ConfigError, match=r"runtime.inter_op_threads: 1 hangs the parameter_server coordinator"):
-        tfpipe.load_config(DIGITS,
-                           overrides=["runtime.strategy=parameter_server", "runtime.inter_op_threads=1"])
-    # Elsewhere one thread is a tuning choice (sub-millisecond steps gain from it).
-    tfpipe.load_config(DIGITS, overrides=["runtime.inter_op_threads=1"])
 
 
 def test_bad_tf_config_is_a_clear_error(monkeypatch):

@@ -841,11 +841,6 @@ def _check_cross_field(cfg: Config, where: str):
         _check_in_graph(cfg, where)
     if cfg.runtime.placement.devices:
         _check_placement(cfg, where)
-    if cfg.runtime.strategy == "parameter_server" and cfg.runtime.inter_op_threads == 1:
-        # TF 2.21: the coordinator's scheduled closures never ran and it waited until its timeout.
-        raise ConfigError(
-            f"{where}: runtime.inter_op_threads: 1 hangs the parameter_server coordinator (TensorFlow 2.21); "
-            "expected 0 (TensorFlow's choice) or at least 2"
     if cfg.runtime.variable_partitioner.kind != "none" and cfg.runtime.strategy != "parameter_server":
         raise ConfigError(
             f"{where}: runtime.variable_partitioner.kind: {cfg.runtime.variable_partitioner.kind!r} splits variables "

@@ -137,13 +137,17 @@ def _rows(variables_layout: dict) -> dict:
 def check_layout(checkpoint_dir, variables_layout: dict, has_checkpoint: bool) -> None:
     """Raises ValueError (one line) when the checkpoints were written with other shards than this run's.
 
-    Does nothing for a fresh run, or checkpoints written before the layout was recorded.
+    Does nothing for a fresh run. Checkpoints without the record were written
+    with nothing sharded (the record is written whenever something is), so a
+    sharded run cannot resume from them either.
     """
     path = os.path.join(os.fspath(checkpoint_dir), LAYOUT_FILE)
-    if not has_checkpoint or not tf.io.gfile.exists(path):
+    if not has_checkpoint:
         return
-    with tf.io.gfile.GFile(path) as f:
-        saved = json.load(f)
+    saved = {}
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            saved = json.load(f)
     if _rows(saved) == _rows(variables_layout):
         return
 

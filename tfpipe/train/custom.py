@@ -235,11 +235,16 @@ def compiled_copy(model, cfg, strategy, features_spec=None):
 
     from tfpipe.distribute import sharding  # pylint: disable=import-outside-toplevel
 
-    try:
-        if sharding.any_sharded(model):  # runtime.variable_partitioner: the copy gathers the shards
+    if sharding.any_sharded(model):  # runtime.variable_partitioner: the copy gathers the shards
+        # Its one-line ValueError (a model Keras cannot clone) is the user's to see:
+        # the fallback below would save the sharded variables as they are.
+        try:
             copy = sharding.unsharded_copy(model)
-            compiled(copy, fresh()).optimizer.build(copy.trainable_variables)
-            return copy
+        except ValueError as e:
+            raise config_lib.ConfigError(f"runtime.variable_partitioner: {e}") from None
+        compiled(copy, fresh()).optimizer.build(copy.trainable_variables)
+        return copy
+    try:
         with strategy.scope():
             copy = keras.models.clone_model(model)
             copy.set_weights(model.get_weights())

@@ -108,6 +108,9 @@ def split(model: keras.Model, placement) -> tuple[keras.Model, Stages]:
         if where(device) not in known:
             raise ValueError(f"runtime.placement.devices: no device {device!r} here (have: {', '.join(known.values())}; "
                              "runtime.logical_cpus: N splits the CPU into N)")
+    if len(model.outputs) != 1:
+        raise ValueError(f"runtime.placement: splits models with one output; model {model.name!r} has "
+                         f"{len(model.outputs)}")
     cuts = [_layer(model, key).output for key in placement.split_after]
     bounds = [model.inputs if len(model.inputs) > 1 else model.inputs[0], *cuts, model.outputs[0]]
     if isinstance(model.input, dict):

@@ -160,6 +160,8 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, *, min_batch=
     # Replicas come from the strategy, known only once TF has set up devices:
     # the config's `logical_cpus` or the strategy name gives it without TF.
     replicas = cfg.runtime.logical_cpus if cfg.runtime.strategy == "mirrored" and cfg.runtime.logical_cpus else 1
+    if cfg.runtime.strategy == "multi_worker_mirrored":
+        replicas = cluster[0]  # on CPUs one replica per worker (GPUs: the first run reports the true count)
     curve, limit, stop = [], None, f"reached --max_batch {max_batch}"
     for b in sizes(min_batch, max_batch, replicas):
         m = runner.measure([f"train.batch_size={b}"], repeats=repeats, label=f"batch {b}")

@@ -314,11 +314,8 @@ class Sweep:
         cmd = [sys.executable, "-m", "tfpipe", "train", "--config", self.config, "--workdir", str(tdir / "run")]
         for o in self.overrides + ov + ["checkpoint.every_epochs=1", "profile.enabled=false"]:
             cmd += ["--set", o]
-        strategy = config_lib.load(self.config, self.overrides + ov).runtime.strategy
-        if strategy in window.CLUSTER_STRATEGIES:  # the chief writes tdir/run, as a launched run does
-            workers, ps = self.cluster
-            ps_flag = ["--num_ps", str(ps)] if strategy == "parameter_server" else []
-            cmd = [sys.executable, "-m", "tfpipe", "launch_local", "--num_workers", str(workers), *ps_flag, "--", *cmd]
+        # Under a multi-process strategy: a localhost cluster whose chief writes tdir/run.
+        cmd = trials_lib.cluster_command(cmd, trials_lib._strategy(self.config, self.overrides + ov), self.cluster)  # pylint: disable=protected-access
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -377,7 +374,13 @@ class Sweep:
             trial.set_user_attr("test_metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             trial.set_user_attr("outcome", f"{self.objective} {best:.4f} (best of {len(values)} epochs)")
             return best
-        lines = (tdir / "stderr.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        # A cluster's launcher prints its tasks' output, errors too, on stdout; its last line
+        # names the task that failed, so the line before it is that task's error.
+        clustered = "launch_local" in cmd
+        lines = (tdir / ("stdout.txt" if clustered else "stderr.txt")).read_text(
+            encoding="utf-8", errors="replace").strip().splitlines()
+        if clustered:
+            lines = [line for line in lines if not line.startswith("[launch]")]
         why = lines[-1][:300] if lines else f"exit status {proc.returncode}"
         if best is None and proc.returncode == 0:
             why = f"no {self.objective} in history.json (is there a validation split?)"

@@ -284,13 +284,9 @@ class Runner:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         start = time.perf_counter()
         stderr_path = child_dir / "stderr.txt"
-        command = [sys.executable, "-m", "tfpipe.tune.window", str(spec_path)]
-        clustered = _strategy(self.config, spec["overrides"]) in window.CLUSTER_STRATEGIES
-        if clustered:  # one process per task, on 127.0.0.1 (tfpipe.distribute.launch)
-            workers, ps = self.cluster
-            ps_flag = ["--num_ps", str(ps)] if _strategy(self.config, spec["overrides"]) == "parameter_server" else []
-            command = [sys.executable, "-m", "tfpipe", "launch_local", "--num_workers", str(workers), *ps_flag,
-                       "--", *command]
+        strategy = _strategy(self.config, spec["overrides"])
+        clustered = strategy in window.CLUSTER_STRATEGIES  # one process per task, on 127.0.0.1
+        command = cluster_command([sys.executable, "-m", "tfpipe.tune.window", str(spec_path)], strategy, self.cluster)
         with open(stderr_path, "w", encoding="utf-8") as err:
             # A cluster's launcher prints its tasks' output (errors included) on stdout.
             proc = subprocess.Popen(command, env=env, stdout=err if clustered else subprocess.DEVNULL, stderr=err)
@@ -378,9 +374,22 @@ def _spread(values) -> float:
 
 
 def _strategy(config, overrides) -> str:
+    """The strategy a trial trains under ("" when its overrides do not load: the child says why)."""
     from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
 
-    return config_lib.load(config, overrides).runtime.strategy
+    try:
+        return config_lib.load(config, overrides).runtime.strategy
+    except config_lib.ConfigError:
+        return ""
+
+
+def cluster_command(command: list[str], strategy: str, cluster: tuple[int, int]) -> list[str]:
+    """`command` as a localhost cluster (`tfpipe launch_local`) under a multi-process strategy, else as is."""
+    if strategy not in window.CLUSTER_STRATEGIES:
+        return command
+    workers, ps = cluster
+    ps_flag = ["--num_ps", str(ps)] if strategy == "parameter_server" else []
+    return [sys.executable, "-m", "tfpipe", "launch_local", "--num_workers", str(workers), *ps_flag, "--", *command]
 
 
 def _batch_size(config, overrides) -> int:

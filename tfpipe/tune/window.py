@@ -122,7 +122,7 @@ def _trainer(cfg):
             model = models.build(cfg.model.name, input_shape, train_source.num_classes, cfg.model.params)
         stages = None
         if cfg.runtime.placement.devices:  # as the loop splits it
-            model, stages = placement.split(model, cfg.runtime.placement)
+            model, stages = placement.split(model, cfg.runtime.placement)  # its ValueError: one line in the record
         # The run's schedule, as the loop builds it (a trial's window sees its first steps).
         total = steps_per_epoch * cfg.train.epochs
         optimizer, _ = schedules.build_optimizer(cfg, lr, steps_per_epoch, total)
