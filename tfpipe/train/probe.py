@@ -11,17 +11,19 @@ hot against 0.45-0.59 ms after a wait), so the estimate said 12x where
 the measurement gave 23x.
 
 So, when a profile window was traced, the loop measures it once at the end
-of training with its own compiled loop, in three rounds of two blocks of
-back-to-back calls: on the run's own iterator, then on an iterator of one
-cached batch (`data.repeat_one_batch`). The first calls of each block
-(BLOCK_SECONDS / 2) are not timed: they fill the cache, or drain what the
-run's pipeline buffered while the other block ran. The ratio of the two
-step times is the speed-up. Tried and dropped, on the planted configs and the digits MLP
-against separate runs (BENCHMARKS.md, "Diagnosis"): alternating single
-calls read 22-33% low (each side's pipeline worked in the background of
-the other's calls); one block each read up to 44% high on input-bound
-cases and 0.83-0.93x on the digits MLP, depending on which came first;
-subtracting the difference from the run's own timed step read 4.8x where
+of training with its own compiled loop: three blocks of back-to-back calls
+on an iterator of one cached batch (`data.repeat_one_batch`), then three on
+the run's own iterator. Cached first: the run's pipeline sits idle with full
+buffers then; interleaved with input blocks, the cached blocks shared the
+cores with the pipeline refilling and read 1.1-1.7x slow per step against
+separate runs long enough to be steady (2 s of steps each; the earlier
+truth, 2 epochs of 100 steps, measured the warm-up after tracing). The
+first calls of each block (BLOCK_SECONDS / 2) are not timed: they fill the
+cache, or drain what the idle pipeline had buffered. The ratio of the two
+step times is the speed-up. Tried and dropped, against the earlier, short
+separate runs (BENCHMARKS.md, "Diagnosis"): alternating single calls read
+22-33% low (each side's pipeline worked in the background of the other's
+calls); subtracting the difference from the run's own timed step read 4.8x where
 20x was measured (the loop's Python work competes for the GIL with a
 generator source, so it is no fixed cost). The run's own timed step is
 reported beside. Calls are cut to about CALL_MS (a 45 ms step runs two per
@@ -96,9 +98,14 @@ def perfect_input(steps, train_data, dataset_fn, num_steps: int, run_ms_per_step
     seconds = {"input": 0.0, "perfect": 0.0}
     calls = {"input": 0, "perfect": 0}
     try:
-        iterators = {"input": train_data.iterator, "perfect": train_data.iterator_for(dataset_fn)}
-        for _ in range(ROUNDS):
-            for side, iterator in iterators.items():
+        # The cached batch first, all its blocks, while the run's pipeline sits
+        # idle with full buffers (training ended); then the run's input. Run
+        # between input blocks, the cached blocks shared the cores with the
+        # pipeline refilling its buffers: 1.1-1.7x slow per step on the
+        # input-heavy planted configs against long separate runs.
+        iterators = {"perfect": train_data.iterator_for(dataset_fn), "input": train_data.iterator}
+        for side, iterator in iterators.items():
+            for _ in range(ROUNDS):
                 # Untimed: fills the cache, or drains what the idle pipeline buffered
                 # meanwhile (time, not one call: a short call left batches in the buffer
                 # and the input-bound side read 36-44% fast).
