@@ -176,17 +176,20 @@ def unsharded_copy(model):
     task or split: what a SavedModel for serving, or `model.keras`, holds.
 
     Raises:
-        ValueError: Keras cannot clone the model (a subclassed model without
-            `get_config`), or the copy came out sharded (called in scope).
+        tfpipe.ConfigError: Keras cannot clone the model (a subclassed model
+            without `get_config`): one line, the user's to fix.
+        ValueError: the copy came out sharded (called in scope).
     """
     import keras  # pylint: disable=import-outside-toplevel
+
+    from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
 
     try:
         copy = keras.models.clone_model(model)
     except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(
-            f"model {model.name!r} has sharded variables and Keras cannot clone it to gather them "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); give the model get_config()"
+        raise config_lib.ConfigError(
+            f"runtime.variable_partitioner: model {model.name!r} has sharded variables and Keras cannot clone "
+            f"it to gather them ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); give the model get_config()"
         ) from None
     if any_sharded(copy):
         raise ValueError("unsharded_copy: called inside a parameter_server strategy's scope; call it outside")

@@ -154,10 +154,7 @@ def export(model: keras.Model, cfg: config_lib.Config, base_dir, version: int | 
         # local variables first, so a server loads a plain SavedModel that
         # needs no ps task (ShardedVariable's docstring, TF 2.21: a SavedModel
         # holding one cannot be loaded back with tf.saved_model.load).
-        try:
-            model = sharding.unsharded_copy(model)
-        except ValueError as e:
-            raise config_lib.ConfigError(f"runtime.variable_partitioner: {e}") from None
+        model = sharding.unsharded_copy(model)
     raw = raw_spec(cfg.data)
     # serving_steps is cached per process (pipeline._STATS_CACHE), so the
     # graph and the steps file below get the same statistics.

@@ -236,12 +236,9 @@ def compiled_copy(model, cfg, strategy, features_spec=None):
     from tfpipe.distribute import sharding  # pylint: disable=import-outside-toplevel
 
     if sharding.any_sharded(model):  # runtime.variable_partitioner: the copy gathers the shards
-        # Its one-line ValueError (a model Keras cannot clone) is the user's to see:
+        # Its one-line ConfigError (a model Keras cannot clone) is the user's to see:
         # the fallback below would save the sharded variables as they are.
-        try:
-            copy = sharding.unsharded_copy(model)
-        except ValueError as e:
-            raise config_lib.ConfigError(f"runtime.variable_partitioner: {e}") from None
+        copy = sharding.unsharded_copy(model)
         compiled(copy, fresh()).optimizer.build(copy.trainable_variables)
         return copy
     try:

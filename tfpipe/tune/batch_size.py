@@ -303,8 +303,8 @@ def main(fl) -> int:
     """`scripts/tune.py batch_size`: see `tfpipe.tune.cli`."""
     from tfpipe.tune import cli  # pylint: disable=import-outside-toplevel
 
-    tune(fl.config, fl.workdir, fl.set, cli.settings(fl), cluster=cli.cluster(fl), min_batch=fl.min_batch, max_batch=fl.max_batch,
-         memory_limit_mb=fl.memory_limit_mb, repeats=fl.repeats, knee_fraction=fl.knee, compare=fl.compare,
+    tune(fl.config, fl.workdir, fl.set, cli.settings(fl), cluster=cli.cluster(fl), min_batch=fl.min_batch,
+         max_batch=fl.max_batch, memory_limit_mb=fl.memory_limit_mb, repeats=fl.repeats, knee_fraction=fl.knee, compare=fl.compare,
          budget_seconds=fl.budget_seconds, lr_scale=fl.lr_scale, warmup_fraction=fl.warmup_fraction,
          eval_split=fl.eval_split)
     return 0

@@ -315,7 +315,7 @@ class Sweep:
         for o in self.overrides + ov + ["checkpoint.every_epochs=1", "profile.enabled=false"]:
             cmd += ["--set", o]
         # Under a multi-process strategy: a localhost cluster whose chief writes tdir/run.
-        cmd = trials_lib.cluster_command(cmd, trials_lib._strategy(self.config, self.overrides + ov), self.cluster)  # pylint: disable=protected-access
+        cmd = trials_lib.cluster_command(cmd, trials_lib.strategy_of(self.config, self.overrides + ov), self.cluster)
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -596,10 +596,12 @@ def sweep(config, workdir, space_path, overrides=(), log=_print, **kwargs) -> di
 
 def main(fl) -> int:
     """`scripts/tune.py sweep`: see `tfpipe.tune.cli`."""
+    from tfpipe.tune import cli  # pylint: disable=import-outside-toplevel
+
     kwargs = dict(n_trials=fl.trials, sampler=fl.sampler, storage=fl.storage, study_name=fl.study,
                   objective=fl.objective, grid_points=fl.grid_points, prune_warmup_epochs=fl.prune_warmup_epochs,
                   prune_startup_trials=fl.prune_startup_trials, seed=fl.seed, timeout=fl.trial_timeout,
-                  cluster=(fl.num_workers, fl.num_ps))
+                  cluster=cli.cluster(fl))
     if fl.parallel:
         kwargs["parallel"] = fl.parallel
     sweep(fl.config, fl.workdir, fl.space, fl.set, **kwargs)

@@ -219,12 +219,13 @@ class Runner:
         self.log = log
         self._config_digest = hashlib.sha256(Path(self.config).read_bytes()).hexdigest()[:16]
 
-    def _key(self, kind: str, overrides: Sequence[str], index: int, profile: bool, extra: dict | None = None) -> str:
+    def _key(self, kind: str, overrides: Sequence[str], index: int, profile: bool, extra: dict | None = None,
+             strategy: str = "") -> str:
         what = {"config": self._config_digest, "overrides": self.base_overrides + list(overrides), "kind": kind,
                 "settings": dataclasses.asdict(self.settings), "run": index, "profile": profile}
         if extra:
             what["extra"] = extra
-        if _strategy(self.config, self.base_overrides + list(overrides)) in window.CLUSTER_STRATEGIES:
+        if strategy in window.CLUSTER_STRATEGIES:
             what["cluster"] = list(self.cluster)
         if self.memory_limit_mb:
             what["memory_limit_mb"] = self.memory_limit_mb
@@ -253,7 +254,8 @@ class Runner:
             `seconds` (the child's whole life), `overrides`, `result` (the
             child's full output), `cached` (True when read from the store).
         """
-        key = self._key(kind, overrides, index, profile, extra)
+        strategy = strategy_of(self.config, self.base_overrides + list(overrides))  # once: key and launch
+        key = self._key(kind, overrides, index, profile, extra, strategy)
         known = self.store.get(key)
         label = label or (" ".join(overrides) or "as configured")
         # A run that timed out is tried again on resume (a busy machine may
@@ -261,13 +263,13 @@ class Runner:
         if known is not None and known["status"] != "timeout":
             self.log(f"{label} run {index + 1}: {_describe(known)} (done before, from {self.store.path.name})")
             return {**known, "cached": True}
-        record = self._spawn(kind, overrides, key, profile, extra or {})
+        record = self._spawn(kind, overrides, key, profile, extra or {}, strategy)
         record.update(key=key, kind=kind, overrides=list(overrides), index=index, label=label)
         self.store.add(record)
         self.log(f"{label} run {index + 1}: {_describe(record)}")
         return {**record, "cached": False}
 
-    def _spawn(self, kind: str, overrides, key: str, profile: bool, extra: dict) -> dict:
+    def _spawn(self, kind: str, overrides, key: str, profile: bool, extra: dict, strategy: str) -> dict:
         s = self.settings
         child_dir = self.workdir / "trials" / key
         child_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +286,6 @@ class Runner:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         start = time.perf_counter()
         stderr_path = child_dir / "stderr.txt"
-        strategy = _strategy(self.config, spec["overrides"])
         clustered = strategy in window.CLUSTER_STRATEGIES  # one process per task, on 127.0.0.1
         command = cluster_command([sys.executable, "-m", "tfpipe.tune.window", str(spec_path)], strategy, self.cluster)
         with open(stderr_path, "w", encoding="utf-8") as err:
@@ -373,7 +374,7 @@ def _spread(values) -> float:
     return (max(values) - min(values)) / statistics.median(values) if values else 0.0
 
 
-def _strategy(config, overrides) -> str:
+def strategy_of(config, overrides) -> str:
     """The strategy a trial trains under ("" when its overrides do not load: the child says why)."""
     from tfpipe import config as config_lib  # pylint: disable=import-outside-toplevel
 
