@@ -237,3 +237,40 @@ def test_sweep_prunes_resumes_after_a_kill_and_fills_the_hparams_dashboard(tmp_p
             assert sessions[name]["metricValues"][0]["value"] == pytest.approx(t["curve"][-1])
     finally:
         tb.close()
+
+
+@pytest.mark.slow
+def test_two_sweeps_sharing_one_study_split_its_trials(tmp_path):
+    """Two hosts' sweeps (here two processes) on one storage URL: one study, no trial run twice."""
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizer.learning_rate: {log_uniform: [0.001, 0.1]}\n")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = []
+    for host in ("a", "b"):
+        args = ["sweep", "--config", ROOT / "configs" / "digits_mlp.yaml", "--workdir", tmp_path / host,
+                "--space", space, "--storage", url, "--study", "shared", "--sampler", "random", "--trials", 4,
+                "--parallel", 1, "--set", "train.epochs=1", *TINY]
+        procs.append(subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}))
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    results = [json.loads((tmp_path / h / "sweep.json").read_text()) for h in ("a", "b")]
+    ran = [set(r["ran_this_session"]) for r in results]
+    # Both worked, neither ran a trial the other did, and the study stopped at
+    # 4 finished trials, or one past it when the last two ended together.
+    assert ran[0] and ran[1] and not ran[0] & ran[1], ran
+    numbers = sorted(ran[0] | ran[1])
+    assert numbers == list(range(len(numbers))) and len(numbers) in (4, 5), numbers
+    import optuna  # pylint: disable=import-outside-toplevel
+
+    trials = optuna.load_study(study_name="shared", storage=url).trials
+    assert [t.number for t in trials] == numbers and all(t.state.name == "COMPLETE" for t in trials)
+    # Different draws: the two sessions' samplers were seeded apart.
+    rates = [t.params["optimizer.learning_rate"] for t in trials]
+    assert len(set(rates)) == len(rates), rates
+    # Each host's outputs cover the study as it stood when that host ended,
+    # trials run on either host included.
+    for r, mine, other in ((results[0], ran[0], ran[1]), (results[1], ran[1], ran[0])):
+        listed = {t["number"] for t in r["trials"]}
+        assert mine <= listed and listed & other, (listed, mine, other)
+        assert r["best"] is not None

@@ -28,7 +28,10 @@ checkpoints and exits). A trial's value is its best epoch's.
 The study lives in `W/sweep.db` (SQLite) unless `--storage` names an RDB
 URL (e.g. `postgresql://...`): several hosts running the same command
 against one URL share one study, which is how a sweep scales past one
-machine. `--parallel` trials run at once (default cores // 2, at least 1).
+machine. Each session stops once the study holds `--trials` finished
+trials, whoever ran them (trials still running elsewhere finish, so a
+shared study may end a trial or two past it); each host keeps its trials'
+directories in its own workdir and writes the outputs from the whole study. `--parallel` trials run at once (default cores // 2, at least 1).
 Rerunning resumes: finished trials (complete, pruned or failed) are kept and
 only the missing ones run; a trial left running by a killed sweep on this
 host is marked failed and its number re-run as a new trial.
@@ -51,6 +54,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import yaml
@@ -230,6 +234,10 @@ class Sweep:
             seed += len(optuna.load_study(study_name=name, storage=self.storage).trials)
         except KeyError:  # a new study
             pass
+        if storage:
+            # A shared study: hosts started together see the same trial count;
+            # with one seed their samplers would draw the same first points.
+            seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
         samplers = {"grid": lambda: optuna.samplers.GridSampler(self.grid_values, seed=seed),
                     "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                     "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials))}
@@ -286,6 +294,8 @@ class Sweep:
                      f"trial(s) kept, {max(0, self.n_trials - before)} to run")
         remaining = max(0, self.n_trials - before)
         # Optuna runs `parallel` threads, each waiting on its trial's process.
+        # `remaining` bounds this session; `_finished` stops it sooner once the
+        # study, which other hosts may share, has its trials.
         self.study.optimize(self._objective, n_trials=remaining, n_jobs=self.parallel, catch=(_TrialFailed,),
                             callbacks=[self._finished], gc_after_trial=False)
         return self.summary()
@@ -295,6 +305,10 @@ class Sweep:
         with self._lock:
             self.ran.append(trial.number)
             done = self._counted()
+        if done >= self.n_trials:
+            # Other hosts sharing the study count too; trials already running
+            # anywhere still finish, so a shared sweep may end a few past n.
+            study.stop()
         self.log(f"[sweep] trial {trial.number} ({done}/{self.n_trials}): {' '.join(trial.user_attrs.get('overrides', []))}: "
                  f"{trial.user_attrs.get('outcome', trial.state.name)} ({trial.user_attrs.get('seconds')} s)")
         try:
