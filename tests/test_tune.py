@@ -120,3 +120,17 @@ def test_script_rejects_an_unknown_mode_and_a_bad_override_in_one_line(tmp_path)
                          capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: override 'data.prefetch=-2': data.prefetch")
+
+
+def test_every_mode_gets_a_shipped_config_by_name_as_its_file(tmp_path, monkeypatch):
+    """`--config digits_mlp` from any directory, as `tfpipe train` takes it (trials hash and copy the file)."""
+    from tfpipe.tune import cli  # pylint: disable=import-outside-toplevel
+
+    seen = []
+    monkeypatch.setattr(cli, "MODES", {**cli.MODES, "lr": lambda fl: seen.append(fl.config) or 0})
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert cli.main(["tune.py", "lr", "--config", "digits_mlp", "--workdir", str(tmp_path / "w")]) == 0
+    finally:
+        cli.FLAGS.unparse_flags()
+    assert seen == [config_lib.resolve_path("digits_mlp")] and Path(seen[0]).is_file()

@@ -177,6 +177,9 @@ def main(argv) -> int:
     try:
         if FLAGS.config:  # serving reads the run's own config unless given one
             tfpipe.load_config(FLAGS.config, overrides=FLAGS.set)  # one line and exit 2, before any trial
+            # A shipped config's name (`--config digits_mlp`) as its file: trials
+            # hash it, copy it and pass it to child processes run elsewhere.
+            FLAGS.config = tfpipe.config.resolve_path(FLAGS.config)
         return MODES[argv[1]](FLAGS)
     except tfpipe.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
