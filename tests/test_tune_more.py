@@ -58,6 +58,8 @@ def test_batch_size_curve_stops_at_the_memory_limit_and_compares_at_equal_time(t
     curve = {c["batch_size"]: c for c in result["curve"]}
     assert result["replicas"] == 2 and curve[1024]["per_replica"] == 512
     assert curve[1024]["status"] == "ok" and curve[1024]["examples_per_sec"] > 0 and curve[1024]["peak_rss_mb"] > 0
+    # No GPU on this machine: device memory is not measured, and says so by None.
+    assert all(c["peak_device_mb"] is None for c in curve.values())
     # The first size over the limit is the limit, reported, and nothing larger was tried.
     assert result["limit"] == max(curve) and curve[result["limit"]]["status"] == "oom", result["curve"]
     assert "out of memory" in curve[result["limit"]]["error"]

@@ -137,7 +137,7 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, *, min_batch=
 
     Returns:
         The `batch_size.json` dict: `curve` (per size: `examples_per_sec`,
-        `step_ms`, `peak_rss_mb`, `status`), `limit` (the first size out of
+        `step_ms`, `peak_rss_mb`, `peak_device_mb` (GPUs; else None), `status`), `limit` (the first size out of
         memory, or None), `knee`, `fastest`, `equal_time` (per compared size:
         its overrides, steps, epochs, validation metrics, curve),
         `best_at_equal_time`, `recommendation`, `replicas`.
@@ -172,6 +172,7 @@ def tune(config, workdir, overrides=(), settings=None, log=_print, *, min_batch=
                "examples_per_sec": m["examples_per_sec"], "step_ms": m.get("step_ms"),
                "steps_per_sec": round(m["examples_per_sec"] / b, 2) if m["examples_per_sec"] else None,
                "peak_rss_mb": m.get("peak_rss_mb") or max((r.get("peak_rss_mb") or 0) for r in m["runs"]),
+               "peak_device_mb": m.get("peak_device_mb"),  # GPUs only
                "noise": m.get("noise")}
         curve.append(row)
         if m["status"] == "oom":
@@ -284,11 +285,13 @@ def chart(result: dict, path) -> None:
 def _write(result: dict, workdir: Path, cfg, best: dict | None, log) -> None:
     trials_lib.write_report(workdir, "batch_size", result, chart, log)
     r = result["replicas"]
-    log("[tune] batch  examples/sec  step ms  peak RSS MB  status")
+    gpu = any(c.get("peak_device_mb") is not None for c in result["curve"])
+    log("[tune] batch  examples/sec  step ms  peak RSS MB" + ("  peak GPU MB" if gpu else "") + "  status")
     for c in result["curve"]:
         eps = f"{c['examples_per_sec']:>12,.0f}" if c["examples_per_sec"] else f"{'-':>12}"
         step = f"{c['step_ms']:>8.2f}" if c.get("step_ms") else f"{'-':>8}"
-        log(f"[tune] {c['batch_size']:>5}  {eps}  {step}  {c['peak_rss_mb'] or 0:>11,.0f}  {c['status']}")
+        device = (f"  {c['peak_device_mb']:>11,.0f}" if c.get("peak_device_mb") is not None else f"  {'-':>11}") if gpu else ""
+        log(f"[tune] {c['batch_size']:>5}  {eps}  {step}  {c['peak_rss_mb'] or 0:>11,.0f}{device}  {c['status']}")
     log(f"[tune] batches are global: {_replicas_line(result['fastest'], r)} for the fastest")
     log(f"[tune] {result['recommendation']}")
     if best is not None:

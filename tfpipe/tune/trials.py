@@ -309,7 +309,8 @@ class Runner:
         result = json.loads(out.read_text(encoding="utf-8"))
         # A cluster's memory is all its processes' (sampled); one process reports its own peak.
         record = {"status": "ok", "returncode": 0, "seconds": seconds, "error": "", "result": result,
-                  "peak_rss_mb": round(peak, 1) if clustered else result.get("peak_rss_mb")}
+                  "peak_rss_mb": round(peak, 1) if clustered else result.get("peak_rss_mb"),
+                  "peak_device_mb": result.get("peak_device_mb")}
         if kind == "train":
             windows = result["windows"]
             eps = statistics.median(w["examples_per_sec"] for w in windows)
@@ -349,6 +350,8 @@ class Runner:
             "step_ms": round(statistics.median(r["step_ms"] for r in ok), 3),
             "cpu_sec_per_example": statistics.median(r["cpu_sec_per_example"] for r in ok),
             "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in ok),
+            "peak_device_mb": max((r.get("peak_device_mb") for r in ok if r.get("peak_device_mb") is not None),
+                                  default=None),
             "status": failed[0]["status"] if failed else "ok",
             "error": failed[0]["error"] if failed else "",
             "runs": runs,
@@ -411,6 +414,7 @@ def _describe(record: dict) -> str:
                 f"({1e6 * r['model_cpu_sec_per_example']:.1f} CPU-us/ex), CPU ceiling "
                 f"{r['cpu_ceiling_examples_per_sec']:,.0f} ex/s on {r['cores']} cores ({record['seconds']} s)")
     return (f"{record['examples_per_sec']:,.0f} ex/s, step {record['step_ms']:.2f} ms, "
-            f"{1e6 * record['cpu_sec_per_example']:.1f} CPU-us/ex, peak RSS {record['peak_rss_mb']:,.0f} MB "
-            f"({record['seconds']} s)")
+            f"{1e6 * record['cpu_sec_per_example']:.1f} CPU-us/ex, peak RSS {record['peak_rss_mb']:,.0f} MB"
+            + (f", peak GPU {record['peak_device_mb']:,.0f} MB" if record.get("peak_device_mb") is not None else "")
+            + f" ({record['seconds']} s)")
 

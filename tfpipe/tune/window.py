@@ -490,6 +490,21 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
+def peak_device_mb() -> float | None:
+    """Peak memory TensorFlow allocated on this process's GPUs (the largest), in MiB; None without any.
+
+    Read at the end of a trial: the peak since the process started, so the
+    model's build and the first steps count (TensorFlow's allocator
+    statistics, `tf.config.experimental.get_memory_info`). Untested here:
+    this machine has no GPU.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    names = [d.name.split("device:")[-1] for d in tf.config.list_logical_devices("GPU")]
+    peaks = [tf.config.experimental.get_memory_info(n)["peak"] for n in names]
+    return round(max(peaks) / 2**20, 1) if peaks else None
+
+
 def main(spec_path: str) -> int:
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
@@ -506,6 +521,7 @@ def main(spec_path: str) -> int:
     if not strategies.current_task().is_chief:  # a cluster's other workers: the chief reports
         return 0
     result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_device_mb"] = peak_device_mb()  # the chief's GPUs, in a cluster
     tmp = spec["out"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(result, f)
