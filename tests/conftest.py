@@ -13,6 +13,7 @@ sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+import tfpipe  # noqa: E402,F401  # first: its import hook keeps TensorFlow's start-up lines out of the test output
 import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
