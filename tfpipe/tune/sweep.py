@@ -29,9 +29,11 @@ The study lives in `W/sweep.db` (SQLite) unless `--storage` names an RDB
 URL (e.g. `postgresql://...`): several hosts running the same command
 against one URL share one study, which is how a sweep scales past one
 machine. Each session stops once the study holds `--trials` finished
-trials, whoever ran them (trials still running elsewhere finish, so a
-shared study may end a trial or two past it); each host keeps its trials'
-directories in its own workdir and writes the outputs from the whole study. `--parallel` trials run at once (default cores // 2, at least 1).
+trials, whoever ran them; trials then still running anywhere finish, so a
+shared study can end up to the hosts' `--parallel` slots, less one, past
+it. Each host keeps its trials' directories in its own workdir and writes
+the outputs from the whole study. `--seed` makes a `--parallel 1` session's
+draws repeatable; with more, Optuna reseeds the sampler in each thread. `--parallel` trials run at once (default cores // 2, at least 1).
 Rerunning resumes: finished trials (complete, pruned or failed) are kept and
 only the missing ones run; a trial left running by a killed sweep on this
 host is marked failed and its number re-run as a new trial.
@@ -238,6 +240,7 @@ class Sweep:
             # A shared study: hosts started together see the same trial count;
             # with one seed their samplers would draw the same first points.
             seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+        seed %= 2**32  # NumPy's seed range
         samplers = {"grid": lambda: optuna.samplers.GridSampler(self.grid_values, seed=seed),
                     "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                     "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials))}

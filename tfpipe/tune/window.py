@@ -501,7 +501,10 @@ def peak_device_mb() -> float | None:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     names = [d.name.split("device:")[-1] for d in tf.config.list_logical_devices("GPU")]
-    peaks = [tf.config.experimental.get_memory_info(n)["peak"] for n in names]
+    try:
+        peaks = [tf.config.experimental.get_memory_info(n)["peak"] for n in names]
+    except (ValueError, RuntimeError):  # an allocator without statistics: not measured, the trial stands
+        return None
     return round(max(peaks) / 2**20, 1) if peaks else None
 
 
@@ -521,7 +524,9 @@ def main(spec_path: str) -> int:
     if not strategies.current_task().is_chief:  # a cluster's other workers: the chief reports
         return 0
     result["peak_rss_mb"] = peak_rss_mb()
-    result["peak_device_mb"] = peak_device_mb()  # the chief's GPUs, in a cluster
+    # The chief's GPUs, in a cluster: under multi_worker_mirrored it trains as
+    # every worker does; under parameter_server it trains nothing (None there).
+    result["peak_device_mb"] = None if cfg.runtime.strategy == "parameter_server" else peak_device_mb()
     tmp = spec["out"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(result, f)
