@@ -152,10 +152,7 @@ def shipped_config(config):
     traced = rep["step_time_ms"]["mean"]
     ms = {"shipped": probe.get("run_ms_per_step") or traced, "perfect": probe.get("ms_per_step") or traced}
     ms["fixed"] = ms["perfect"]  # a fix makes steps at most this short: the longest run it may need
-    variants = {"shipped": ["profile.enabled=false"], "perfect": ["profile.enabled=false", "data.repeat_one_batch=true",
-                                                                       # one cached batch through tf.data, also
-                                                                       # for a config that gathers in the step
-                                                                       "data.in_graph=false"]}
+    variants = {"shipped": ["profile.enabled=false"], "perfect": ["profile.enabled=false", "data.repeat_one_batch=true"]}
     if first["key"]:
         variants["fixed"] = ["profile.enabled=false", f"{first['key']}={json.dumps(first['value'])}"]
     for v, overrides in variants.items():

@@ -254,7 +254,8 @@ class DataConfig:
     # -1 is tf.data.AUTOTUNE, 0 turns prefetching off.
     prefetch: int = _field(-1, min=-1)
     # Measuring only: train on the first batch, cached and repeated (the
-    # tf.data paper's "perfect input" bound; benchmarks/diagnosis.py).
+    # tf.data paper's "perfect input" bound; benchmarks/diagnosis.py); with
+    # in_graph, every step gathers that batch.
     repeat_one_batch: bool = False
     # Hold the preprocessed training split in memory as tensors and gather
     # each batch inside the compiled step (a seeded permutation per epoch):
@@ -875,8 +876,7 @@ def _check_in_graph(cfg: Config, where: str):
     from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
 
     d = cfg.data
-    if why := preprocess.in_graph_blocker(d.map.steps, d.service.address, d.padded_batch, d.repeat_one_batch,
-                                          cfg.runtime.strategy):  # fmt: skip
+    if why := preprocess.in_graph_blocker(d.map.steps, d.service.address, d.padded_batch, cfg.runtime.strategy):
         raise ConfigError(f"{where}: data.in_graph: {why}")
 
 

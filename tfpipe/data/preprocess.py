@@ -639,8 +639,7 @@ def split_at_first_random(steps) -> tuple[tuple, tuple]:
 SINGLE_HOST_STRATEGIES = ("default", "one_device", "mirrored")
 
 
-def in_graph_blocker(steps, service_address=None, padded_batch=None, repeat_one_batch=False,
-                     strategy: str = "default") -> str | None:  # fmt: skip
+def in_graph_blocker(steps, service_address=None, padded_batch=None, strategy: str = "default") -> str | None:
     """Why `data.in_graph` cannot hold this input, in words; None when it can.
 
     The split is preprocessed once and held as tensors in this process, so
@@ -655,8 +654,7 @@ def in_graph_blocker(steps, service_address=None, padded_batch=None, repeat_one_
     if every_epoch:
         return (f"the steps run once, when the split is loaded, so they must be deterministic; data.map.steps has "
                 f"{every_epoch[0]['op']!r} (random, or an imported function tfpipe cannot check)")
-    for key, on in (("data.service.address", service_address), ("data.padded_batch", padded_batch),
-                    ("data.repeat_one_batch", repeat_one_batch)):  # fmt: skip
+    for key, on in (("data.service.address", service_address), ("data.padded_batch", padded_batch)):
         if on:
             return f"cannot be combined with {key}: {on!r}"
     return None
