@@ -356,8 +356,10 @@ def _input_share(profile: float, always_on: float | None, step_ms: float, measur
     being made (every input-bound planted case, within 2 points) and part
     where a ready batch's hand-over is a visible share of a sub-millisecond
     step. When they differ by more than AGREE_WITHIN, the profile's is
-    trusted: it sees every thread, and on the digits MLP it is the one the
-    separate perfect-input runs bear out (10% against 1.14x measured apart).
+    trusted: it sees every thread and is what TensorBoard's Profile tab
+    shows. On the digits MLP neither is the tf.data paper's measure: one
+    cached batch through tf.data, in separate runs, measured 0.90-1.09x
+    against 9-11% waiting (BENCHMARKS.md, "Diagnosis").
     """
     out = {"input_share": profile, "input_share_source": "profile"}
     if always_on is None:
