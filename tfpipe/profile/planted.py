@@ -286,13 +286,12 @@ class _Program:
         self.optimizer.build(self.model.trainable_variables)
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.timer = trace.InputWaitTimer(True)
-        self.iterator = iter(self.dataset)
         self.batch_size = int(self.dataset.element_spec[0].shape[0])
         self.in_graph = None
-        if case.in_graph:
+        if case.in_graph:  # no tf.data iterator in the step (the dataset gives the batch size)
             self.in_graph = _in_graph(self.batch_size, one=variant == "perfect")
             self.cursor = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self.iterator = None  # no tf.data iterator in the step
+        self.iterator = None if case.in_graph else iter(self.dataset)
         self._loop = tf.function(self._loop_fn)
         self._once = tf.function(self._once_fn)
 
