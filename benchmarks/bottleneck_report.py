@@ -64,13 +64,14 @@ def run(name, overrides):
     metrics = json.loads((workdir / "metrics.json").read_text())
     summary = proc.stdout[proc.stdout.index("[tfpipe] profile report") :].split("[tfpipe] done")[0]
     print(f"--- {name}\n{summary}", flush=True)
-    profile_share = report["shares"]["input"]
+    profile_share = report["input_wait_fraction_profile"]
     always_on = report["input_wait_fraction_always_on"]
     return {
         "overrides": overrides,
         "wall_seconds": round(time.time() - start, 1),
         "verdict": report["verdict"],
         "input_share_profile": profile_share,
+        "input_share_plugin": report["shares"]["input"],
         "input_wait_fraction_always_on_same_steps": always_on,
         "difference_points": None if always_on is None else round(100 * abs(profile_share - always_on), 1),
         "input_wait_fraction_run": metrics.get("input_wait_fraction"),

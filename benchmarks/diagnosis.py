@@ -100,7 +100,8 @@ def planted_case(name):
         "predicted_source": rep.get("perfect_input_source"),
         "estimate_perfect": rep.get("perfect_input_estimate"),
         "measured_perfect": med["perfect"] / med["planted"],
-        "input_share_profile": rep["shares"]["input"],
+        "input_share_profile": rep["input_wait_fraction_profile"],
+        "input_share_plugin": rep["shares"]["input"],
         "input_share_always_on": diag["always_on"],
         "markers": rep["markers"],
         "examples_per_sec": med,
@@ -182,7 +183,8 @@ def shipped_config(config):
         "predicted_source": rep.get("perfect_input_source"),
         "estimate_perfect": rep.get("perfect_input_estimate"),
         "measured_perfect": med["perfect"] / med["shipped"],
-        "input_share_profile": rep["shares"]["input"],
+        "input_share_profile": rep["input_wait_fraction_profile"],
+        "input_share_plugin": rep["shares"]["input"],
         "input_share_always_on": rep["input_wait_fraction_always_on"],
         "markers": rep["markers"],
         "examples_per_sec": med,
@@ -193,7 +195,7 @@ def shipped_config(config):
 
 def table(rows):
     print("\n| case | true cause | verdict (right?) | named cause | first recommendation | speed-up from it | "
-          "perfect input: report (source) / measured apart | input share profile / always-on | markers |")  # fmt: skip
+          "perfect input: report (source) / measured apart | input waiting profile / always-on (plugin's GetNext share) | markers |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fix = f"{r['speedup_first_fix']:.2f}x" if r["speedup_first_fix"] else "-"
@@ -202,7 +204,8 @@ def table(rows):
         print(
             f"| {r['case']} | {r.get('true_cause') or '-'} | {r['verdict']} ({right}) | {r['cause']} | "
             f"{r['first_recommendation']} | {fix} | {pred} / {r['measured_perfect']:.2f}x | "
-            f"{r['input_share_profile']:.1%} / {(r['input_share_always_on'] or 0):.1%} | {r['markers']} |"
+            f"{r['input_share_profile']:.1%} / {(r['input_share_always_on'] or 0):.1%} "
+            f"({r.get('input_share_plugin', r['input_share_profile']):.1%}) | {r['markers']} |"
         )
 
 

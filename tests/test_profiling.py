@@ -174,6 +174,19 @@ def test_report_verdicts_sequential_vs_tuned(runs):
         assert r["input_wait_fraction_always_on"] is not None
     # The always-on timer tells the two pipelines apart too.
     assert seq["input_wait_fraction_always_on"] > tuned["input_wait_fraction_always_on"]
+    # Both input figures measure waiting for a batch not yet made, and agree
+    # (issue 12): the plugin's GetNext time is split into that and the hand-over.
+    for r in (seq, tuned):
+        assert r["figures_agree"], r["input_share_note"]
+        assert r["input_wait_fraction_profile"] <= r["profile_plugin_input_share"] + 1e-9
+        assert r["handover_share"] == pytest.approx(r["profile_plugin_input_share"] - r["input_wait_fraction_profile"])
+        assert all(0.0 <= s["wait_ms"] <= s["input_ms"] + 1e-9 for s in r["per_step"])
+    # Nothing works ahead of the sequential run's steps: all its GetNext time is waiting.
+    assert seq["handover_share"] < 0.01, seq["input_share_note"]
+    # The shipped digits MLP: its batches are ready; whatever the GetNext costs is hand-over.
+    assert tuned["input_wait_fraction_profile"] < 0.05, tuned["verdict_text"]
+    if tuned["profile_plugin_input_share"] >= 0.05 and tuned["verdict"] == "not-input-bound":
+        assert "TensorBoard's Profile tab says" in tuned["verdict_text"]
     # Throughput leaves the traced calls out: the sequential run's epoch
     # (40 steps, 30 of them traced) claims a figure only from the rest.
     seq_metrics = json.loads((seq_dir / "metrics.json").read_text())
@@ -333,6 +346,25 @@ def test_report_errors_name_the_path(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "xplane.pb" in proc.stderr
+
+
+def test_waiting_counts_only_the_part_of_a_getnext_before_its_batch_was_made():
+    from tfpipe.profile import waiting
+
+    step, other = ("f", 1, 7), ("f", 1, 9)
+    prefetch = [(110, step), (210, step), (305, other)]
+    consume = [(120, step, "a"), (290, step, "b"), (306, other, "c")]
+    produced = {"a": 50, "b": 260}
+    # Made before the GetNext began: ready, no waiting at all.
+    assert waiting._wait(100, 150, step, prefetch, consume, produced) == 0
+    # Finished 60 into a 100-long GetNext: 60 of waiting, the rest is hand-over.
+    assert waiting._wait(200, 300, step, prefetch, consume, produced) == 60
+    # No root prefetch on this thread (another thread's does not count): all of it waits...
+    assert waiting._wait(300, 340, step, prefetch, consume, produced) == 40
+    # ...until the pipeline's last stage returned the batch, when the trace shows it.
+    assert waiting._wait(300, 340, step, prefetch, consume, produced, [(302, 330, step), (301, 339, other)]) == 30
+    # Made before the trace began (no PrefetchProduce seen): it sat in the buffer.
+    assert waiting._wait(300, 340, other, prefetch, consume, produced) == 0
 
 
 def test_steps_per_marker_is_inferred_from_step_numbers():

@@ -280,6 +280,7 @@ class Profiler:
         self._piece = max(1, profile_cfg.num_steps // MIN_MARKERS)
         self._traced = {"calls": 0, "steps": 0, "seconds": 0.0, "wait_seconds": 0.0, "first_step": None}
         self._sizes: dict[int, int] = {}  # marker step number -> steps it covers
+        self._waits: dict[int, float] = {}  # marker step number -> seconds the always-on timer counted
         self._run_dirs: list = []
         self._before = set()
         self._last_stop = 0.0
@@ -388,7 +389,9 @@ class Profiler:
         traced = self._traced
         traced["seconds"] += time.perf_counter() - start
         if wait0 is not None:
-            traced["wait_seconds"] += self._timer.seconds() - wait0
+            waited = self._timer.seconds() - wait0
+            traced["wait_seconds"] += waited
+            self._waits[first_step] = waited
         traced["calls"] += 1
         traced["steps"] += n
         self._sizes[first_step] = n
@@ -567,6 +570,7 @@ class Profiler:
                     steps_per_marker=dict(self._sizes),
                     config=config,
                     always_on_input_wait_fraction=always_on,
+                    always_on_waits=dict(self._waits) if always_on is not None else None,
                     run_dirs=self._run_dirs,
                     window_note=note,
                     perfect_input=perfect_input,
