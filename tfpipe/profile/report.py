@@ -127,9 +127,10 @@ DISPATCH_CALL_MS = 5.0
 DISPATCH_SHARE = 0.30
 
 # Steps wait although the busiest tf.data stage works less than this share of
-# the window: the pipeline keeps up and the wait is the hand-over of ready
-# batches between threads (digits MLP: busiest stage 6%, every input-bound
-# planted case 82% or more).
+# the window: the pipeline keeps up on average and what costs is getting
+# batches across (digits MLP: busiest stage 6%, every input-bound planted case
+# 82% or more). Where the trace matches batches to GetNexts, the hand-over of
+# ready batches is not waiting and names `iterator` on its own (diagnose).
 SPARE_UTILIZATION = 0.5
 
 # A measured perfect-input speed-up implying at least this share of step
@@ -432,8 +433,10 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
     """The cause (a key of `CAUSES`) and a sentence saying why.
 
     Reads the verdict first: below MODERATELY_AT waiting for input, the cause
-    is on the model side (`dispatch` when most of a step is neither input
-    nor compute, else `compute`). Otherwise the tf.data stage doing the most
+    is the input's CPU work when one cached batch measurably runs faster
+    (`input_cpu`), the iterator when handing ready batches over takes
+    MODERATELY_AT or more (`iterator`), else on the model side (`dispatch`
+    when most of a step is neither input nor compute, else `compute`). Otherwise the tf.data stage doing the most
     work of its own names it (never a buffer waiting on its input), with the
     pipeline's shape deciding between neighbours: no asynchronous stage at
     all is `no_prefetch`; a reader or interleave is `interleave` when reads
