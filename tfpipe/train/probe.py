@@ -42,14 +42,12 @@ probe["run_ms_per_step"] / probe["ms_per_step"]   # the perfect-input speed-up
 from __future__ import annotations
 
 import math
-import time
 
 import tensorflow as tf
 
-# Three rounds of two blocks (the run's input, then one cached batch), each
-# block untimed calls for BLOCK_SECONDS / 2, then timed calls for at least BLOCK_SECONDS.
-ROUNDS = 3
-BLOCK_SECONDS = 0.2
+from tfpipe.profile import perfect as perfect_lib
+
+# Three rounds of blocks per side (tfpipe/profile/perfect.py: ROUNDS, BLOCK_SECONDS).
 # Calls of about this long at most: per-call costs are negligible past it, and
 # a long-step model (images_cnn: 45 ms steps) is not held up for seconds.
 CALL_MS = 50.0
@@ -91,52 +89,23 @@ def perfect_input(steps, train_data, dataset_fn, num_steps: int, run_ms_per_step
         # on 0.25 ms steps calls of 10 cost it 40% more per step than calls of 50.
         num_steps = max(2, min(num_steps, math.ceil(CALL_MS / run_ms_per_step)))
 
-    def call(iterator) -> float:
-        start = time.perf_counter()
+    def call(iterator):
         # Read back: on an accelerator a call returns before it has run.
         tf.nest.map_structure(lambda t: t.numpy(), steps.train_call(num_steps, iterator=iterator))
-        return time.perf_counter() - start
 
-    seconds = {"input": 0.0, "perfect": 0.0}
-    calls = {"input": 0, "perfect": 0}
-    blocks = {"input": [], "perfect": []}  # ms per step of each timed block
     try:
         # The cached batch first, all its blocks, while the run's pipeline sits
         # idle with full buffers (training ended); then the run's input. Run
         # between input blocks, the cached blocks shared the cores with the
         # pipeline refilling its buffers: 1.1-1.7x slow per step on the
-        # input-heavy planted configs against long separate runs.
+        # input-heavy planted configs against long separate runs. Each block's
+        # untimed calls fill the cache, or drain what the idle pipeline
+        # buffered meanwhile (time, not one call: a short call left batches in
+        # the buffer and the input-bound side read 36-44% fast).
         iterators = {"perfect": train_data.iterator_for(dataset_fn), "input": train_data.iterator}
-        for side, iterator in iterators.items():
-            for _ in range(ROUNDS):
-                # Untimed: fills the cache, or drains what the idle pipeline buffered
-                # meanwhile (time, not one call: a short call left batches in the buffer
-                # and the input-bound side read 36-44% fast).
-                warm = 0.0
-                while warm < BLOCK_SECONDS / 2:
-                    warm += call(iterator)
-                block, n = 0.0, 0
-                while block < BLOCK_SECONDS:
-                    block += call(iterator)
-                    n += 1
-                calls[side] += n
-                seconds[side] += block
-                blocks[side].append(1000 * block / (n * num_steps))
+        out = perfect_lib.time_blocks(call, iterators, num_steps)
     finally:
         for v, value in zip(state, saved):
             v.assign(value)
         steps.train_metrics.reset()
-    perfect_n, input_n = calls["perfect"] * num_steps, calls["input"] * num_steps
-    perfect_s, input_s = seconds["perfect"], seconds["input"]
-    return {
-        "ms_per_step": 1000 * perfect_s / perfect_n,
-        "run_ms_per_step": 1000 * input_s / input_n,
-        "timed_run_ms_per_step": run_ms_per_step,
-        "steps": perfect_n + input_n,
-        "seconds": perfect_s + input_s,
-        "blocks_ms_per_step": blocks,
-        # The speed-up's range over the blocks: slowest input block against the
-        # fastest cached one, and the other way round. On sub-millisecond steps
-        # blocks vary by 10% and more; a range that reaches 1.0 measured no gain.
-        "speedup_range": [min(blocks["input"]) / max(blocks["perfect"]), max(blocks["input"]) / min(blocks["perfect"])],
-    }
+    return {**out, "timed_run_ms_per_step": run_ms_per_step}
