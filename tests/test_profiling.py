@@ -185,8 +185,11 @@ def test_report_verdicts_sequential_vs_tuned(runs):
     assert seq["handover_share"] < 0.01, seq["input_share_note"]
     # The shipped digits MLP: its batches are ready; whatever the GetNext costs is hand-over.
     assert tuned["input_wait_fraction_profile"] < 0.05, tuned["verdict_text"]
-    if tuned["profile_plugin_input_share"] >= 0.05 and tuned["verdict"] == "not-input-bound":
-        assert "TensorBoard's Profile tab says" in tuned["verdict_text"]
+    # The Profile tab's word is named on the verdict line exactly when its band differs.
+    for r in (seq, tuned):
+        plugin_band = report._verdict(r["profile_plugin_input_share"])[0]
+        differs = plugin_band != report._verdict(r["input_wait_fraction_profile"])[0]
+        assert ("TensorBoard's Profile tab says" in r["verdict_text"]) == differs or r.get("cause") == "input_cpu", r
     # Throughput leaves the traced calls out: the sequential run's epoch
     # (40 steps, 30 of them traced) claims a figure only from the rest.
     seq_metrics = json.loads((seq_dir / "metrics.json").read_text())
@@ -359,6 +362,9 @@ def test_waiting_counts_only_the_part_of_a_getnext_before_its_batch_was_made():
     assert waiting._wait(100, 150, step, prefetch, consume, produced) == 0
     # Finished 60 into a 100-long GetNext: 60 of waiting, the rest is hand-over.
     assert waiting._wait(200, 300, step, prefetch, consume, produced) == 60
+    # The producer's event closed after the batch was taken (its thread was
+    # preempted after the push): the take, 20 in, bounds the wait.
+    assert waiting._wait(200, 300, step, prefetch, [(220, step, "b")], produced) == 20
     # No root prefetch on this thread (another thread's does not count): all of it waits...
     assert waiting._wait(300, 340, step, prefetch, consume, produced) == 40
     # ...until the pipeline's last stage returned the batch, when the trace shows it.
@@ -545,6 +551,28 @@ def test_steps_that_barely_wait_but_run_faster_on_perfect_input_name_the_input_c
     if cause == "input_cpu":
         recs = report.recommend({**profile, "cause": found}, cfg)
         assert recs[0]["key"] is None and "off this host" in recs[0]["why"], recs
+
+
+@pytest.mark.parametrize("handover, speedup_range, cause", [
+    (0.10, [0.95, 1.35], "iterator"),   # ready batches, 10% hand-over; the probe's blocks reach 1.0
+    (0.10, [1.30, 1.45], "input_cpu"),  # even the least gain between blocks is 1.3x: the input's CPU work
+    (0.02, [0.95, 1.05], "compute"),    # neither: the model sets the pace
+])
+def test_handover_and_the_probe_range_decide_between_iterator_input_cpu_and_compute(handover, speedup_range, cause):
+    speedup = sum(speedup_range) / 2
+    profile = {
+        "shares": {"input": handover, "host_compute": 0.97 - handover, "device_compute": 0.0, "other": 0.03},
+        "input_share": 0.0, "handover_share": handover, "stages": [], "slowest_input_stages": [],
+        "steps_per_marker": 4, "markers": 20, "step_time_ms": {"mean": 0.7},
+        "perfect_input_speedup": speedup, "perfect_input_share": 1 - 1 / speedup,
+        "perfect_input_share_low": max(0.0, 1 - 1 / speedup_range[0]),
+    }
+    cfg = {"train": {"steps_per_loop": 40, "batch_size": 32}, "data": {"prefetch": -1, "cache": "memory", "map": {"steps": []}}}
+    found, why = report.diagnose(profile, cfg)
+    assert found == cause, why
+    if cause == "iterator":
+        recs = report.recommend({**profile, "cause": found}, cfg)
+        assert recs[0]["key"] == "data.in_graph" and "10% of step time goes to handing" in recs[0]["why"], recs
 
 
 def test_input_cpu_on_deterministic_data_recommends_in_graph_first():

@@ -71,8 +71,8 @@ def time_blocks(call: Callable, iterators: dict, num_steps: int, rounds: int = R
         "steps": perfect_n + input_n,
         "seconds": seconds["perfect"] + seconds["input"],
         "blocks_ms_per_step": blocks,
-        # Slowest input block against the fastest cached one, and the other way
-        # round. On sub-millisecond steps blocks vary by 10% and more; a range
-        # that reaches 1.0 measured no gain.
+        # The least gain any pair of blocks shows (fastest input block against
+        # the slowest cached one) and the most. On sub-millisecond steps blocks
+        # vary by 10% and more; a range that reaches 1.0 measured no gain.
         "speedup_range": [min(blocks["input"]) / max(blocks["perfect"]), max(blocks["input"]) / min(blocks["perfect"])],
     }

@@ -28,7 +28,7 @@ The report dict (`report.json`) holds, among others:
   tfpipe/train/probe.py) or `estimate`, `1 / (1 - input_share)`, kept as
   `perfect_input_estimate` either way. The estimate is a lower bound: a step
   that waited also starts on idle threads, which a perfect input does not
-  (on sub-millisecond steps it read 12x where 23x was measured;
+  (on a Python generator source it read 8.5x where 20.8x was measured;
   `benchmarks/diagnosis.py` sets both next to a separate measurement).
 - `cause`: one identifier from `CAUSES` naming the slow part; `cause_text`,
   a sentence saying why (with the stage and its rate).
@@ -286,6 +286,9 @@ def analyze(
         for name in ("input", "host_compute", "device_compute", "other")
     }
     wait_share = sum(s["wait_ms"] * s["steps"] for s in per_step) / window_ms if window_ms else 0.0
+    # Whether the trace told waiting from hand-over on any marker (else the
+    # plugin's whole input share counts as waiting).
+    split = any(r.get("wait_ratio") is not None for r in rows)
     report.update(
         steps_per_marker=spm,
         markers=len(per_step),
@@ -298,6 +301,7 @@ def analyze(
         },
         shares=shares,
         profile_plugin_input_share=shares["input"],
+        input_split=split,
         handover_share=max(0.0, shares["input"] - wait_share),
         input_wait_fraction_profile=wait_share,
         input_wait_fraction_always_on=always_on_input_wait_fraction,
@@ -326,8 +330,8 @@ def analyze(
     if measured:
         report["perfect_input_share"] = implied = max(0.0, 1.0 - 1.0 / measured)
         # Only a gain larger than the probe's own spread: on sub-millisecond
-        # steps its blocks vary by 10% and more (the digits MLP read 0.98-1.35x
-        # in four runs where separate runs measured 0.90-1.09x).
+        # steps its blocks vary by 10% and more (the digits MLP read 0.98-1.59x
+        # over nine runs where separate runs measured 0.90-1.09x).
         low = (perfect_input.get("speedup_range") or [measured])[0]
         report["perfect_input_significant"] = low > 1.0
         # The share the probe shows at the least: the contention tests use it.
@@ -467,8 +471,9 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
             "cannot remove that, taking the iterator out of the step can"
         )
     if share < HIGHLY_AT and short:
-        # Calls this short: even a moderate input share is mostly the
-        # iterator's per-call hand-over, which more steps per call also amortize.
+        # Calls this short: per-call costs are a large share of each, and more
+        # steps per call amortize them and the iterator's per-call start alike;
+        # a moderate wait is taken up by the longer calls' prefetching.
         return "dispatch", (
             f"{share:.1%} of step time waits for input and each compiled call runs {call_steps} step(s) "
             f"in {call_ms:.2f} ms: Python and per-call dispatch costs are a large share of it"
@@ -496,8 +501,8 @@ def diagnose(report: dict, cfg: dict | None) -> tuple[str, str]:
     if top["utilization"] < SPARE_UTILIZATION:
         return "iterator", (
             f"{prefix}, yet the busiest stage ({top['stage']}) works only {top['utilization']:.0%} of the window: "
-            f"the batches are ready, and handing each over between threads is a visible share of a "
-            f"{report['step_time_ms']['mean']:.2f} ms step"
+            f"the pipeline keeps up on average, and getting each batch across between threads is a visible "
+            f"share of a {report['step_time_ms']['mean']:.2f} ms step"
         )
     name, rate = top["stage"], _rate_text(top)
     if name in _GENERATORS or "Generator" in top["iterator"]:
@@ -570,7 +575,8 @@ def recommend(report: dict, cfg: dict | None) -> list[dict]:
 
     input_pct = f"{share:.0%} of step time waits for input"
     handover = report.get("handover_share")
-    handover_pct = f"{handover:.0%} of step time goes to" if handover is not None else input_pct
+    handover_pct = (f"{handover:.0%} of step time goes to" if handover is not None and handover >= MODERATELY_AT
+                    else input_pct)
     from tfpipe.data import preprocess  # pylint: disable=import-outside-toplevel
 
     steps = mapc.get("steps") or ()
@@ -720,8 +726,9 @@ def summary(report: dict) -> str:
         f"max {st['max']:.3f}) over {report['markers']} markers, {report['steps_traced']} steps"
     )
     handover = report.get("handover_share")
-    if handover is None:
-        parts = [f"input {sh['input']:.1%}"]
+    if handover is None or not report.get("input_split", True):
+        parts = [f"input {sh['input']:.1%} (not split: the trace shows no matched GetNext)"
+                 if handover is not None else f"input {sh['input']:.1%}"]
     else:
         parts = [f"input {sh['input']:.1%} (waiting {report['input_wait_fraction_profile']:.1%}, "
                  f"handing ready batches over {handover:.1%})"]
@@ -763,6 +770,9 @@ def _perfect_text(report: dict) -> str:
             spread = f"; its blocks give {low:.2f}-{high:.2f}x"
             if low <= 1.0:
                 spread += ", so no gain beyond the probe's own spread"
+            elif 1.0 - 1.0 / low < CONTENTION_SHARE:
+                spread += (f", so at least {1.0 - 1.0 / low:.0%} shorter steps: under the {CONTENTION_SHARE:.0%} "
+                           "the report needs to blame the input's CPU work")
         return (f"{report['perfect_input_speedup']:.2f}x faster (measured: the run's compiled loop back to back, "
                 f"{p['ms_per_step']:.3f} ms per step on one cached batch vs {p['run_ms_per_step']:.3f} on the run's "
                 f"input{spread}{also})")
@@ -916,7 +926,8 @@ def _chart(per_step: list[dict], spm: int, title: str, path: Path) -> None:
 
     labels = [str(s["first_step"] if s["first_step"] is not None else s["marker"]) for s in per_step]
     series = [
-        ("input_ms", "waiting for input", "#d62728"),
+        ("wait_ms", "waiting for input", "#d62728"),
+        ("handover_ms", "handing ready batches over", "#ff9896"),
         ("host_compute_ms", "host compute", "#1f77b4"),
         ("device_compute_ms", "device compute", "#9467bd"),
         ("other_ms", "other", "#7f7f7f"),

@@ -13,9 +13,15 @@ The trace tells the two apart. A root prefetch buffer records each element
 twice with the same `element_id`: `PrefetchProduce` on the thread that made
 it, `PrefetchConsume` inside the step's GetNext that took it. A GetNext
 whose element was finished before the GetNext began waited for nothing;
-otherwise it waited from its start until the element was finished. Without
-a root prefetch (nothing works ahead of the step) it waited until the
-pipeline's last stage returned the batch. This is the same quantity the always-on timer measures with
+otherwise it waited from its start until the element was finished and
+taken (the take bounds it: the producer's event closes a little after the
+element is in the buffer, later on a busy host). Without
+a root prefetch it waited until the pipeline's root stage returned the
+batch: right where nothing works ahead of the step; a root parallel map or
+batch keeps a buffer of its own, whose ready elements' hand-over then counts
+as waiting, as the plugin counts it (tfpipe puts a prefetch at the root
+unless `data.prefetch: 0`). A consumed element whose production is not in
+the trace (made before the session began) counts as ready. This is the same quantity the always-on timer measures with
 stamped batches (tfpipe/profile/trace.py), read from another source.
 
 Example:
@@ -111,9 +117,16 @@ def _wait(g_start: int, g_end: int, thread, prefetches: list, consumes: list, pr
         # root's stage; after that stage returns, the rest is hand-over.
         made = max((e for s, e, t in stages if t == thread and g_start <= s < g_end), default=g_end)
         return min(made, g_end) - g_start
-    taken = next((eid for c, t, eid in consumes if g_start <= c < g_end and t == thread), None)
-    ready = produced.get(taken)
-    if ready is None:
-        # Made before the trace began: it sat in the buffer, so it was ready.
-        return 0.0 if taken is not None else g_end - g_start
-    return min(max(0, ready - g_start), g_end - g_start)
+    taken = next(((c, eid) for c, t, eid in consumes if g_start <= c < g_end and t == thread), None)
+    if taken is None:
+        return g_end - g_start
+    consumed, eid = taken
+    ready = produced.get(eid)
+    if ready is None or ready <= g_start:
+        # Made before the GetNext began (or before the trace did): it sat in the buffer.
+        return 0.0
+    # Waited until the batch was in the buffer and taken. The producer's event
+    # ends a little after it pushed the batch, later still on a busy host
+    # (its thread preempted before the event closes): a batch taken before
+    # that end was there already, so the take bounds the wait.
+    return min(ready, consumed, g_end) - g_start

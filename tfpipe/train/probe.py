@@ -8,7 +8,7 @@ thread pools and shares the cores with the input's threads, and both go
 away with a perfect input. On sub-millisecond steps that cold start is as
 long as the step itself (planted cases, BENCHMARKS.md "Diagnosis": 0.25 ms
 hot against 0.45-0.59 ms after a wait), so the estimate said 12x where
-the measurement gave 23x.
+the measurement gave 23x (an earlier planted run).
 
 So, when a profile window was traced, the loop measures it once at the end
 of training with its own compiled loop: three blocks of back-to-back calls
