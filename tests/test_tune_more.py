@@ -276,3 +276,30 @@ def test_two_sweeps_sharing_one_study_split_its_trials(tmp_path):
         listed = {t["number"] for t in r["trials"]}
         assert mine <= listed and listed & other, (listed, mine, other)
         assert r["best"] is not None
+
+
+def test_a_second_host_creating_the_same_study_tables_retries():
+    """Two sweeps started together on a new database race to create its tables."""
+    from tfpipe.tune import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+
+    calls = []
+
+    class Storages:
+        @staticmethod
+        def RDBStorage(url):  # pylint: disable=invalid-name
+            calls.append(url)
+            if len(calls) == 1:
+                raise RuntimeError("(sqlite3.OperationalError) table studies already exists")
+            return "storage"
+
+    fake = type("Optuna", (), {"storages": Storages})
+    assert sweep_lib._open_storage(fake, "sqlite:///x.db") == "storage" and len(calls) == 2
+    calls.clear()
+
+    class Broken(Storages):
+        @staticmethod
+        def RDBStorage(url):  # pylint: disable=invalid-name
+            raise RuntimeError("no such driver")
+
+    with pytest.raises(RuntimeError, match="no such driver"):
+        sweep_lib._open_storage(type("Optuna", (), {"storages": Broken}), "nope://")

@@ -173,6 +173,24 @@ def _overrides(params: dict, config, overrides, space) -> list[str]:
 # ---------------------------------------------------------------- one trial
 
 
+def _open_storage(optuna, url: str, tries: int = 6):
+    """Optuna's RDB storage for `url`, retried while another host creates the same tables.
+
+    Two sessions started together on a new database both create its tables;
+    the slower one failed with "table studies already exists" (SQLite, seen
+    in the test suite) and the sweep stopped with a traceback.
+    """
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as e:  # pylint: disable=broad-except
+            text = str(e).lower()
+            if attempt == tries - 1 or not ("already exists" in text or "locked" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _minimize(objective: str) -> bool:
     return "loss" in objective or objective.endswith(("mae", "mse"))
 
@@ -230,10 +248,11 @@ class Sweep:
         self.grid_values = grid(space, grid_points) if sampler == "grid" else None
         self.storage = storage or f"sqlite:///{(self.workdir / 'sweep.db').resolve()}"
         name = study_name or Path(config).stem
+        rdb = _open_storage(optuna, self.storage)
         # A resumed session seeds its sampler past the trials already drawn:
         # the same seed would draw the same first points again.
         try:
-            seed += len(optuna.load_study(study_name=name, storage=self.storage).trials)
+            seed += len(optuna.load_study(study_name=name, storage=rdb).trials)
         except KeyError:  # a new study
             pass
         if storage:
@@ -245,7 +264,7 @@ class Sweep:
                     "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                     "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials))}
         self.study = optuna.create_study(
-            study_name=name, storage=self.storage, load_if_exists=True,
+            study_name=name, storage=rdb, load_if_exists=True,
             direction="minimize" if _minimize(objective) else "maximize", sampler=samplers[sampler](),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_startup_trials,
                                                # Epochs count from 1: pruning starts after this many.
