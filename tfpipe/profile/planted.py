@@ -391,10 +391,22 @@ def programs(case: Case, variants, scale: float = 1.0, workdir=None) -> dict:
     return {v: _Program(case, v, scale, workdir) for v in variants}
 
 
+# Untimed calls before a timed round, at least this long: the rounds take
+# turns, so a program's pipeline sat idle during the others' and filled its
+# buffers; timing from the first call gave the input-bound variants that
+# head start (slow_map's perfect-input speed-up: 6.7x timed from one untimed
+# call against 8.8x from the in-run probe, which drains first; 7.9x against
+# 8.1x with the drain, BENCHMARKS.md "Diagnosis").
+DRAIN_SECONDS = 0.5
+
+
 def timed_round(prog: _Program, case: Case, variant: str, seconds: float = 1.0) -> float:
-    """Examples per second over about `seconds` of steps (after one untimed call)."""
+    """Examples per second over about `seconds` of steps (after DRAIN_SECONDS of untimed calls)."""
     k = case.fixed_steps_per_call if variant == "fixed" and case.fixed_steps_per_call else case.steps_per_call
+    start = time.perf_counter()
     prog.call(k, unrolled=False)
+    while time.perf_counter() - start < DRAIN_SECONDS:
+        prog.call(k, unrolled=False)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         prog.call(k, unrolled=False)
