@@ -118,6 +118,10 @@ def test_report_chart_leaves_the_matplotlib_backend_alone(tmp_path):
                      "other_ms": 0.1}]
         report._chart(per_step, 1, "t", tmp_path / "c.png")  # pylint: disable=protected-access
         assert matplotlib.get_backend() == "svg" and os.path.getsize(tmp_path / "c.png") > 0
+        # With the input split into waiting and hand-over, as analyze writes it.
+        split = [{**per_step[0], "wait_ms": 0.2, "handover_ms": 0.8}]
+        report._chart(split, 1, "t", tmp_path / "d.png")  # pylint: disable=protected-access
+        assert os.path.getsize(tmp_path / "d.png") > 0
     finally:
         matplotlib.use(before)
 

@@ -937,7 +937,8 @@ def _chart(per_step: list[dict], spm: int, title: str, path: Path) -> None:
     positions = list(range(len(per_step)))
     bottom = [0.0] * len(per_step)
     for key, name, color in series:
-        values = [s[key] for s in per_step]
+        # Rows without the split (an older report.json) chart all input as waiting.
+        values = [s.get(key, s.get("input_ms", 0.0) if key == "wait_ms" else 0.0) for s in per_step]
         if not any(values):
             continue
         ax.bar(positions, values, bottom=bottom, label=name, color=color)
