@@ -290,10 +290,12 @@ def test_a_second_host_creating_the_same_study_tables_retries():
             calls.append(url)
             if len(calls) == 1:
                 raise RuntimeError("(sqlite3.OperationalError) table studies already exists")
+            if len(calls) == 2:
+                raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
             return "storage"
 
     fake = type("Optuna", (), {"storages": Storages})
-    assert sweep_lib._open_storage(fake, "sqlite:///x.db") == "storage" and len(calls) == 2
+    assert sweep_lib._open_storage(fake, "sqlite:///x.db") == "storage" and len(calls) == 3
     calls.clear()
 
     class Broken(Storages):

@@ -176,16 +176,19 @@ def _overrides(params: dict, config, overrides, space) -> list[str]:
 def _open_storage(optuna, url: str, tries: int = 6):
     """Optuna's RDB storage for `url`, retried while another host creates the same tables.
 
-    Two sessions started together on a new database both create its tables;
-    the slower one failed with "table studies already exists" (SQLite, seen
-    in the test suite) and the sweep stopped with a traceback.
+    Two sessions started together on a new database both create its tables
+    and its schema-version row; the slower one failed with "table studies
+    already exists" or "UNIQUE constraint failed: alembic_version" (SQLite,
+    one side of every try when two processes start at once) and the sweep
+    stopped with a traceback. Retried, it finds the tables made.
     """
+    retryable = ("already exists", "locked", "unique constraint", "duplicate")
     for attempt in range(tries):
         try:
             return optuna.storages.RDBStorage(url)
         except Exception as e:  # pylint: disable=broad-except
             text = str(e).lower()
-            if attempt == tries - 1 or not ("already exists" in text or "locked" in text):
+            if attempt == tries - 1 or not any(r in text for r in retryable):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
