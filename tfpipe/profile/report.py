@@ -725,13 +725,12 @@ def summary(report: dict) -> str:
         f"  step time    {st['mean']:.3f} ms per step (sd {st['stdev']:.3f}, min {st['min']:.3f}, "
         f"max {st['max']:.3f}) over {report['markers']} markers, {report['steps_traced']} steps"
     )
-    handover = report.get("handover_share")
-    if handover is None or not report.get("input_split", True):
-        parts = [f"input {sh['input']:.1%} (not split: the trace shows no matched GetNext)"
-                 if handover is not None else f"input {sh['input']:.1%}"]
+    if report.get("input_split"):
+        split = (f" (waiting {report['input_wait_fraction_profile']:.1%}, "
+                 f"handing ready batches over {report['handover_share']:.1%})")
     else:
-        parts = [f"input {sh['input']:.1%} (waiting {report['input_wait_fraction_profile']:.1%}, "
-                 f"handing ready batches over {handover:.1%})"]
+        split = " (not split: the trace shows no matched GetNext)" if "input_split" in report else ""
+    parts = [f"input {sh['input']:.1%}{split}"]
     parts.append(f"host compute {sh['host_compute']:.1%}")
     if sh["device_compute"]:
         parts.append(f"device {sh['device_compute']:.1%}")

@@ -15,14 +15,15 @@ it, `PrefetchConsume` inside the step's GetNext that took it. A GetNext
 whose element was finished before the GetNext began waited for nothing;
 otherwise it waited from its start until the element was finished and
 taken (the take bounds it: the producer's event closes a little after the
-element is in the buffer, later on a busy host). Without
-a root prefetch it waited until the pipeline's root stage returned the
-batch: right where nothing works ahead of the step; a root parallel map or
-batch keeps a buffer of its own, whose ready elements' hand-over then counts
-as waiting, as the plugin counts it (tfpipe puts a prefetch at the root
-unless `data.prefetch: 0`). A consumed element whose production is not in
-the trace (made before the session began) counts as ready. This is the same quantity the always-on timer measures with
-stamped batches (tfpipe/profile/trace.py), read from another source.
+element is in the buffer, later on a busy host). Without a root prefetch
+it waited until the pipeline's root stage returned the batch: right where
+nothing works ahead of the step; a root parallel map or batch keeps a
+buffer of its own, whose ready elements' hand-over then counts as waiting,
+as the plugin counts it (tfpipe puts a prefetch at the root unless
+`data.prefetch: 0`). A consumed element whose production is not in the
+trace (made before the session began) counts as ready. This is the same
+quantity the always-on timer measures with stamped batches
+(tfpipe/profile/trace.py), read from another source.
 
 Example:
 
@@ -68,13 +69,13 @@ def waiting_ms(run_dir: str | Path) -> dict[int, dict]:
             stat_names = {k: v.name for k, v in plane.stat_metadata.items()}
             for line in plane.lines:
                 base = line.timestamp_ns * 1000
+                # Keyed by thread: a prefetch inside the pipeline hands elements
+                # over on tf.data's own threads meanwhile.
+                thread = (path.name, plane.id, line.id)
                 for e in line.events:
                     name = names.get(e.metadata_id, "")
                     start = base + e.offset_ps
                     span = (start, start + e.duration_ps)
-                    # Keyed by thread: a prefetch inside the pipeline hands elements
-                    # over on tf.data's own threads meanwhile.
-                    thread = (path.name, plane.id, line.id)
                     if name == _GETNEXT:
                         getnexts.append((*span, thread))
                     elif name == _ROOT_PREFETCH:
@@ -92,8 +93,7 @@ def waiting_ms(run_dir: str | Path) -> dict[int, dict]:
                             markers.append((*span, int(st["step_num"])))
     if not markers or not getnexts:
         return {}
-    prefetches.sort()
-    consumes.sort()
+    consumes.sort()  # the first take inside a GetNext is its own
     out = {}
     for m_start, m_end, number in markers:
         total = wait = 0.0
